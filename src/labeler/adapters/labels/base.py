@@ -1,0 +1,35 @@
+"""The one interface every label backend implements (Rekognition, the offline model, test stand-ins).
+
+>>> backend = get_backend("rekognition")          # doctest: +SKIP
+>>> result = backend.detect_labels(jpeg_bytes, min_confidence=55, max_labels=50)  # doctest: +SKIP
+>>> result.labels[0]["Name"], result.model_version  # doctest: +SKIP
+('Cat', '3.0')
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Protocol, runtime_checkable
+
+
+@dataclass(frozen=True)
+class LabelResult:
+    """Labels exactly as Rekognition ``DetectLabels`` returns them, plus the model that made them."""
+
+    labels: list[dict[str, Any]]
+    model_version: str
+    backend: str
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+@runtime_checkable
+class LabelBackend(Protocol):
+    """Labels one JPEG or PNG image (≤ 5 MB, sides 80–10,000 px: the caller guarantees it).
+
+    Raises ``labeler.models.errors.LabelingFailed`` for a rejected image and
+    ``labeler.models.errors.Throttled`` when throttling outlasts every retry.
+    """
+
+    name: str
+
+    def detect_labels(self, image: bytes, *, min_confidence: float, max_labels: int) -> LabelResult: ...

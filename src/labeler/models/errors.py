@@ -1,0 +1,188 @@
+"""Every failure the pipeline can record, one exception class per stable error code.
+
+An entry that fails ends in an error record ``{"image_id", "url", "error": {"code", "message"}}``
+whose ``code`` is one of :class:`ErrorCode`. The codes are part of the public contract
+(README, "Error codes"): never rename one, only add.
+
+>>> raise BlockedAddress("10.0.0.7 is a private address")
+Traceback (most recent call last):
+labeler.models.errors.BlockedAddress: 10.0.0.7 is a private address
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from typing import Any, ClassVar
+
+
+class ErrorCode(StrEnum):
+    # manifest entry
+    INVALID_ENTRY = "invalid_entry"
+    DUPLICATE_ID = "duplicate_id"
+    # URL and network
+    INVALID_URL = "invalid_url"
+    UNSUPPORTED_SCHEME = "unsupported_scheme"
+    BLOCKED_ADDRESS = "blocked_address"
+    DNS_ERROR = "dns_error"
+    CONNECTION_ERROR = "connection_error"
+    TIMEOUT = "timeout"
+    HTTP_STATUS = "http_status"
+    TOO_MANY_REDIRECTS = "too_many_redirects"
+    REDIRECT_LOOP = "redirect_loop"
+    TOO_LARGE = "too_large"
+    EMPTY_BODY = "empty_body"
+    # image content
+    NOT_AN_IMAGE = "not_an_image"
+    UNSUPPORTED_IMAGE = "unsupported_image"
+    CORRUPT_IMAGE = "corrupt_image"
+    IMAGE_TOO_SMALL = "image_too_small"
+    DECOMPRESSION_BOMB = "decompression_bomb"
+    # labeling
+    LABEL_ERROR = "label_error"
+    THROTTLED = "throttled"
+    # anything unexpected while processing one entry
+    INTERNAL_ERROR = "internal_error"
+    # whole manifest
+    MANIFEST_UNREADABLE = "manifest_unreadable"
+    MANIFEST_INVALID = "manifest_invalid"
+    MANIFEST_TOO_LARGE = "manifest_too_large"
+    MANIFEST_TOO_MANY_ENTRIES = "manifest_too_many_entries"
+    MANIFEST_EMPTY = "manifest_empty"
+    # a work batch that could not be processed (dead-lettered)
+    BATCH_FAILED = "batch_failed"
+
+
+class LabelerError(Exception):
+    """Base of every recorded failure: a stable ``code`` plus a human message and details."""
+
+    code: ClassVar[ErrorCode] = ErrorCode.INTERNAL_ERROR
+
+    def __init__(self, message: str, **details: Any) -> None:
+        super().__init__(message)
+        self.message = message
+        self.details = details
+
+    def to_dict(self) -> dict[str, Any]:
+        """The ``error`` object of a record: ``{"code", "message", ...details}``."""
+        return {"code": str(self.code), "message": self.message, **self.details}
+
+
+# --- manifest entries -------------------------------------------------------------------
+class InvalidEntry(LabelerError):
+    code = ErrorCode.INVALID_ENTRY
+
+
+class DuplicateId(LabelerError):
+    code = ErrorCode.DUPLICATE_ID
+
+
+# --- URL and network -----------------------------------------------------------------------
+class InvalidUrl(LabelerError):
+    code = ErrorCode.INVALID_URL
+
+
+class UnsupportedScheme(LabelerError):
+    code = ErrorCode.UNSUPPORTED_SCHEME
+
+
+class BlockedAddress(LabelerError):
+    code = ErrorCode.BLOCKED_ADDRESS
+
+
+class DnsError(LabelerError):
+    code = ErrorCode.DNS_ERROR
+
+
+class ConnectionFailed(LabelerError):
+    code = ErrorCode.CONNECTION_ERROR
+
+
+class DownloadTimeout(LabelerError):
+    code = ErrorCode.TIMEOUT
+
+
+class HttpStatusError(LabelerError):
+    code = ErrorCode.HTTP_STATUS
+
+
+class TooManyRedirects(LabelerError):
+    code = ErrorCode.TOO_MANY_REDIRECTS
+
+
+class RedirectLoop(LabelerError):
+    code = ErrorCode.REDIRECT_LOOP
+
+
+class ImageTooLarge(LabelerError):
+    """The body is (or declares to be) larger than ``MAX_IMAGE_BYTES``."""
+
+    code = ErrorCode.TOO_LARGE
+
+
+class EmptyBody(LabelerError):
+    code = ErrorCode.EMPTY_BODY
+
+
+# --- image content -----------------------------------------------------------------------
+class NotAnImage(LabelerError):
+    code = ErrorCode.NOT_AN_IMAGE
+
+
+class UnsupportedImage(LabelerError):
+    code = ErrorCode.UNSUPPORTED_IMAGE
+
+
+class CorruptImage(LabelerError):
+    code = ErrorCode.CORRUPT_IMAGE
+
+
+class ImageTooSmall(LabelerError):
+    code = ErrorCode.IMAGE_TOO_SMALL
+
+
+class DecompressionBomb(LabelerError):
+    code = ErrorCode.DECOMPRESSION_BOMB
+
+
+# --- labeling ------------------------------------------------------------------------------
+class LabelingFailed(LabelerError):
+    code = ErrorCode.LABEL_ERROR
+
+
+class Throttled(LabelerError):
+    """Throttling persisted after every retry; the entry is recorded, never silently dropped."""
+
+    code = ErrorCode.THROTTLED
+
+
+class InternalError(LabelerError):
+    code = ErrorCode.INTERNAL_ERROR
+
+
+# --- whole manifest ------------------------------------------------------------------------
+class ManifestError(LabelerError):
+    code = ErrorCode.MANIFEST_INVALID
+
+
+class ManifestUnreadable(ManifestError):
+    code = ErrorCode.MANIFEST_UNREADABLE
+
+
+class ManifestInvalid(ManifestError):
+    code = ErrorCode.MANIFEST_INVALID
+
+
+class ManifestTooLarge(ManifestError):
+    code = ErrorCode.MANIFEST_TOO_LARGE
+
+
+class ManifestTooManyEntries(ManifestError):
+    code = ErrorCode.MANIFEST_TOO_MANY_ENTRIES
+
+
+class ManifestEmpty(ManifestError):
+    code = ErrorCode.MANIFEST_EMPTY
+
+
+class BatchFailed(LabelerError):
+    code = ErrorCode.BATCH_FAILED

@@ -1,0 +1,98 @@
+"""Typed configuration, parsed once from the environment and validated.
+
+>>> Settings.from_env({"OUTPUT_BUCKET": "my-results"}).max_workers
+8
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
+from typing import Any
+
+MIB = 1024 * 1024
+
+
+class ConfigurationError(ValueError):
+    """An environment variable is missing or has a value the function cannot use."""
+
+
+def _parse_bool(raw: str) -> bool:
+    value = raw.strip().lower()
+    if value in {"1", "true", "yes", "on"}:
+        return True
+    if value in {"0", "false", "no", "off", ""}:
+        return False
+    raise ValueError(f"not a boolean: {raw!r}")
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Every knob of the pipeline; environment variable = upper-cased field name."""
+
+    output_bucket: str
+    min_confidence: float = 55.0
+    max_labels: int = 50
+    max_image_bytes: int = 15 * MIB
+    download_timeout_seconds: float = 10.0
+    max_workers: int = 8
+    allow_private_networks: bool = False
+    label_backend: str = "rekognition"
+    max_redirects: int = 5
+    max_manifest_bytes: int = 1024 * MIB
+    max_manifest_entries: int = 1_000_000
+    inline_max_images: int = 100
+    batch_size: int = 25
+    work_queue_url: str = ""
+    rekognition_max_tps: float = 50.0
+    # Stop starting new images when fewer than this many ms remain before the Lambda timeout.
+    deadline_margin_ms: int = 15_000
+    idempotency_table: str = ""
+    label_cache: bool = True
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
+        env = os.environ if environ is None else environ
+        values: dict[str, Any] = {}
+        for spec in fields(cls):
+            name = spec.name.upper()
+            raw = env.get(name)
+            if raw is None or raw == "":
+                continue
+            kind = spec.type if isinstance(spec.type, str) else spec.type.__name__
+            try:
+                if kind == "bool":
+                    values[spec.name] = _parse_bool(raw)
+                elif kind == "int":
+                    values[spec.name] = int(raw)
+                elif kind == "float":
+                    values[spec.name] = float(raw)
+                else:
+                    values[spec.name] = raw.strip()
+            except ValueError as exc:
+                raise ConfigurationError(f"{name}={raw!r}: {exc}") from exc
+        if not values.get("output_bucket"):
+            raise ConfigurationError("OUTPUT_BUCKET is required")
+        settings = cls(**values)
+        settings.validate()
+        return settings
+
+    def validate(self) -> None:
+        checks = [
+            (0 <= self.min_confidence <= 100, "MIN_CONFIDENCE must be between 0 and 100"),
+            (1 <= self.max_labels <= 1000, "MAX_LABELS must be between 1 and 1000"),
+            (self.max_image_bytes > 0, "MAX_IMAGE_BYTES must be positive"),
+            (self.download_timeout_seconds > 0, "DOWNLOAD_TIMEOUT_SECONDS must be positive"),
+            (1 <= self.max_workers <= 256, "MAX_WORKERS must be between 1 and 256"),
+            (0 <= self.max_redirects <= 20, "MAX_REDIRECTS must be between 0 and 20"),
+            (self.label_backend in {"rekognition", "local"}, "LABEL_BACKEND must be rekognition or local"),
+            (self.max_manifest_bytes > 0, "MAX_MANIFEST_BYTES must be positive"),
+            (self.max_manifest_entries > 0, "MAX_MANIFEST_ENTRIES must be positive"),
+            (self.inline_max_images >= 0, "INLINE_MAX_IMAGES must not be negative"),
+            (1 <= self.batch_size <= 1000, "BATCH_SIZE must be between 1 and 1000"),
+            (self.rekognition_max_tps > 0, "REKOGNITION_MAX_TPS must be positive"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise ConfigurationError(message)
