@@ -73,3 +73,7 @@ class ResultRecord:
             out["error"] = self.error.to_dict()
         out.update(self.metadata)
         return out
+
+
+# What a manifest yields per entry: something to label, or something already known to fail.
+EntryItem = ManifestEntry | RejectedEntry

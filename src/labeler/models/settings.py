@@ -45,7 +45,9 @@ class Settings:
     inline_max_images: int = 100
     batch_size: int = 25
     work_queue_url: str = ""
+    # The account's DetectLabels TPS quota, shared by this many concurrent containers.
     rekognition_max_tps: float = 50.0
+    rekognition_tps_share: int = 1
     # Stop starting new images when fewer than this many ms remain before the Lambda timeout.
     deadline_margin_ms: int = 15_000
     idempotency_table: str = ""
@@ -92,6 +94,7 @@ class Settings:
             (self.inline_max_images >= 0, "INLINE_MAX_IMAGES must not be negative"),
             (1 <= self.batch_size <= 1000, "BATCH_SIZE must be between 1 and 1000"),
             (self.rekognition_max_tps > 0, "REKOGNITION_MAX_TPS must be positive"),
+            (self.rekognition_tps_share >= 1, "REKOGNITION_TPS_SHARE must be at least 1"),
         ]
         for ok, message in checks:
             if not ok:

@@ -1,0 +1,72 @@
+"""The composition root: builds the pipeline's services once per container from ``Settings``.
+
+Handlers call :func:`get_services`; tests call :func:`reset_services` after changing the environment.
+"""
+
+from __future__ import annotations
+
+import threading
+
+from labeler.adapters.fetch import FetchPolicy, ImageFetcher
+from labeler.adapters.labels import get_backend
+from labeler.adapters.labels.base import LabelBackend
+from labeler.adapters.ratelimit import TokenBucket
+from labeler.adapters.store import S3Store, build_s3_client
+from labeler.logic.cache import LabelCache
+from labeler.logic.pipeline import Services
+from labeler.models.settings import Settings
+
+_lock = threading.Lock()
+_services: Services | None = None
+
+
+def build_backend(settings: Settings) -> LabelBackend:
+    if settings.label_backend == "rekognition":
+        from labeler.adapters.labels.rekognition import build_client
+
+        share = max(1, settings.rekognition_tps_share)
+        limiter = TokenBucket(rate_per_second=settings.rekognition_max_tps / share)
+        return get_backend("rekognition", client=build_client(max(10, settings.max_workers * 2)), limiter=limiter)
+    return get_backend(settings.label_backend)
+
+
+def build_services(settings: Settings) -> Services:
+    """Wire S3, the safe fetcher, the label backend and the cache for ``settings``."""
+    store = S3Store(build_s3_client(max(10, settings.max_workers * 2)), settings.output_bucket)
+    fetcher = ImageFetcher(
+        FetchPolicy(
+            max_bytes=settings.max_image_bytes,
+            timeout_seconds=settings.download_timeout_seconds,
+            max_redirects=settings.max_redirects,
+            allow_private_networks=settings.allow_private_networks,
+        )
+    )
+    backend = build_backend(settings)
+    cache = None
+    if settings.label_cache:
+        cache = LabelCache(
+            store,
+            backend=backend.name,
+            min_confidence=settings.min_confidence,
+            max_labels=settings.max_labels,
+            current_model_version=lambda: getattr(backend, "model_version", None),
+        )
+    return Services(settings=settings, store=store, fetcher=fetcher, backend=backend, cache=cache)
+
+
+def get_services() -> Services:
+    """The container's services, built on first use (not at import: cold starts stay fast)."""
+    global _services
+    with _lock:
+        if _services is None:
+            _services = build_services(Settings.from_env())
+        return _services
+
+
+def reset_services(services: Services | None = None) -> None:
+    """Forget (or replace) the cached services; for tests and the local runner."""
+    global _services
+    with _lock:
+        if _services is not None and services is None:
+            _services.fetcher.close()
+        _services = services

@@ -1,0 +1,68 @@
+"""Lambda entry point: a manifest was created in the input bucket (S3 ``ObjectCreated``).
+
+Thin by design: parse the event, call :func:`labeler.logic.pipeline.process_manifest` for every
+record, report metrics. Keys arrive URL-encoded (``+`` for a space) and are decoded here.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+from urllib.parse import unquote_plus
+
+from aws_lambda_powertools.metrics import MetricUnit
+from aws_lambda_powertools.utilities.data_classes import S3Event
+from aws_lambda_powertools.utilities.data_classes.s3_event import S3EventRecord
+from aws_lambda_powertools.utilities.typing import LambdaContext
+
+from labeler.handlers.composition import get_services
+from labeler.logic.pipeline import Deadline, process_manifest
+from labeler.models.records import ManifestRef
+from labeler.observability import logger, metrics, tracer
+
+
+def manifest_ref(record: S3EventRecord) -> ManifestRef:
+    """The manifest an S3 event record names, with its key decoded the way S3 encodes it."""
+    s3_object = record.s3.get_object
+    return ManifestRef(
+        bucket=record.s3.bucket.name,
+        key=unquote_plus(s3_object.key),
+        etag=s3_object.etag or None,
+        version_id=s3_object.version_id or None,
+        size=s3_object.size,
+    )
+
+
+def publish_metrics(report: dict[str, Any]) -> None:
+    metrics.add_metric(name="ImagesSucceeded", unit=MetricUnit.Count, value=report.get("succeeded", 0))
+    metrics.add_metric(name="ImagesFailed", unit=MetricUnit.Count, value=report.get("failed", 0))
+    metrics.add_metric(name="LabelsFromCache", unit=MetricUnit.Count, value=report.get("labels_from_cache", 0))
+    if "error" in report:
+        metrics.add_metric(name="ManifestsRejected", unit=MetricUnit.Count, value=1)
+
+
+@logger.inject_lambda_context
+@tracer.capture_lambda_handler
+@metrics.log_metrics
+def handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
+    if not event.get("Records"):  # e.g. the s3:TestEvent S3 sends when a notification is set up
+        logger.info("event without records ignored", extra={"event_keys": sorted(event)})
+        return {"manifests": []}
+    services = get_services()
+    deadline = Deadline(context.get_remaining_time_in_millis, services.settings.deadline_margin_ms)
+    summaries: list[dict[str, Any]] = []
+    failures: list[Exception] = []
+    for record in S3Event(event).records:
+        ref = manifest_ref(record)
+        logger.append_keys(manifest=f"s3://{ref.bucket}/{ref.key}")
+        try:
+            report = process_manifest(services, ref, deadline)
+        except Exception as exc:  # finish the other records first; then fail so S3 retries this event
+            logger.exception("manifest not finished; the event will be retried")
+            failures.append(exc)
+            continue
+        publish_metrics(report)
+        summaries.append({key: report[key] for key in ("manifest", "status", "total", "succeeded", "failed")})
+        logger.info("manifest done", extra={"report": summaries[-1]})
+    if failures:
+        raise failures[0]
+    return {"manifests": summaries}

@@ -1,0 +1,110 @@
+"""Never pay twice: a content-hash label cache and per-URL validators, kept in the output bucket.
+
+* ``cache/labels/<backend>/<settings>/<sha256[:2]>/<sha256>.json`` — labels of identical bytes,
+  reused across entries, manifests and re-uploads. The key holds the backend and the label
+  settings; the document holds the label model version, checked on read, so changing any of
+  them relabels.
+* ``cache/urls/<sha256(url)>.json`` — the ``ETag``/``Last-Modified`` a URL last answered with and
+  the content hash it had, so the next fetch can be conditional and a ``304`` reuses the labels.
+
+Only ``OUTPUT_BUCKET`` is needed: a fresh deploy has a working cache.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from labeler.logic.keys import CACHE_PREFIX
+from labeler.observability import logger
+
+
+class JsonStore(Protocol):
+    def put_json(
+        self, key: str, document: dict[str, Any], metadata: dict[str, str] | None = None, *, if_absent: bool = False
+    ) -> bool: ...
+
+    def get_json(self, key: str) -> dict[str, Any] | None: ...
+
+
+@dataclass(frozen=True)
+class CachedLabels:
+    labels: list[dict[str, Any]]
+    model_version: str
+    image: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class UrlMemo:
+    etag: str | None
+    last_modified: str | None
+    sha256: str
+
+
+class LabelCache:
+    """Reads and writes cache documents; every failure to read is a miss, never an error."""
+
+    def __init__(
+        self,
+        store: JsonStore,
+        *,
+        backend: str,
+        min_confidence: float,
+        max_labels: int,
+        current_model_version: Callable[[], str | None] = lambda: None,
+    ) -> None:
+        self._store = store
+        self._backend = backend
+        self._settings_tag = f"c{min_confidence:g}-n{max_labels}"
+        self._current_model_version = current_model_version
+
+    def labels_key(self, sha256: str) -> str:
+        return f"{CACHE_PREFIX}labels/{self._backend}/{self._settings_tag}/{sha256[:2]}/{sha256}.json"
+
+    @staticmethod
+    def url_key(url: str) -> str:
+        return f"{CACHE_PREFIX}urls/{hashlib.sha256(url.encode('utf-8')).hexdigest()}.json"
+
+    def _read(self, key: str) -> dict[str, Any] | None:
+        try:
+            return self._store.get_json(key)
+        except Exception:  # a cache that cannot be read is a miss: the caller labels again
+            logger.warning("label cache read failed", extra={"key": key}, exc_info=True)
+            return None
+
+    def get_labels(self, sha256: str) -> CachedLabels | None:
+        document = self._read(self.labels_key(sha256))
+        if not document or not isinstance(document.get("labels"), list):
+            return None
+        version = str(document.get("model_version", ""))
+        current = self._current_model_version()
+        # Rekognition reveals its model version only in a response: before the first one, trust the cache.
+        if current and version != current:
+            return None
+        return CachedLabels(labels=document["labels"], model_version=version, image=document.get("image", {}))
+
+    def put_labels(self, sha256: str, labels: list[dict[str, Any]], model_version: str, image: dict[str, Any]) -> None:
+        self._store.put_json(
+            self.labels_key(sha256),
+            {"sha256": sha256, "backend": self._backend, "model_version": model_version, "labels": labels,
+             "image": image},
+        )
+
+    def get_url_memo(self, url: str) -> UrlMemo | None:
+        document = self._read(self.url_key(url))
+        if not document or not document.get("sha256"):
+            return None
+        if not (document.get("etag") or document.get("last_modified")):
+            return None
+        return UrlMemo(etag=document.get("etag"), last_modified=document.get("last_modified"),
+                       sha256=str(document["sha256"]))
+
+    def put_url_memo(self, url: str, memo: UrlMemo) -> None:
+        if not (memo.etag or memo.last_modified):
+            return  # nothing to validate against next time
+        self._store.put_json(
+            self.url_key(url),
+            {"url": url, "etag": memo.etag, "last_modified": memo.last_modified, "sha256": memo.sha256},
+        )
