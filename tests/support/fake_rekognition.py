@@ -1,0 +1,200 @@
+"""A loopback stand-in for the Rekognition API, the only AWS part that cannot run here.
+
+It speaks Rekognition's real wire protocol (JSON 1.1, ``X-Amz-Target: RekognitionService.DetectLabels``),
+so the production client — botocore serialisation, adaptive retries, error parsing — runs
+unchanged against it via ``AWS_ENDPOINT_URL_REKOGNITION``. Responses and errors are shaped
+like AWS's (labels from the DetectLabels documentation's example), and it enforces the
+service's input limits: JPEG/PNG only, ≤ 5 MB, sides 80–10,000 px.
+"""
+
+from __future__ import annotations
+
+import base64
+import copy
+import hashlib
+import io
+import json
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+# Shaped exactly like the DetectLabels response in the Rekognition Developer Guide.
+SAMPLE_LABELS: list[dict[str, Any]] = [
+    {
+        "Name": "Mobile Phone",
+        "Confidence": 99.9364013671875,
+        "Instances": [
+            {
+                "BoundingBox": {"Width": 0.26779675483703613, "Height": 0.8562285900115967,
+                                "Left": 0.3604024350643158, "Top": 0.09245597571134567},
+                "Confidence": 99.9364013671875,
+                "DominantColors": [],
+            }
+        ],
+        "Parents": [{"Name": "Phone"}],
+        "Aliases": [{"Name": "Cell Phone"}],
+        "Categories": [{"Name": "Technology and Computing"}],
+    },
+    {
+        "Name": "Phone",
+        "Confidence": 99.9364013671875,
+        "Instances": [],
+        "Parents": [{"Name": "Electronics"}],
+        "Aliases": [],
+        "Categories": [{"Name": "Technology and Computing"}],
+    },
+    {
+        "Name": "Electronics",
+        "Confidence": 99.9364013671875,
+        "Instances": [],
+        "Parents": [],
+        "Aliases": [],
+        "Categories": [{"Name": "Technology and Computing"}],
+    },
+    {
+        "Name": "Hand",
+        "Confidence": 86.01702117919922,
+        "Instances": [],
+        "Parents": [{"Name": "Person"}],
+        "Aliases": [],
+        "Categories": [{"Name": "Person Description"}],
+    },
+]
+LABEL_MODEL_VERSION = "3.0"
+
+
+@dataclass
+class FakeRekognitionState:
+    """What the stand-in does next and what it has seen; tests adjust it between calls."""
+
+    latency_seconds: float = 0.0
+    # Error codes to answer with, one per call, before answering normally again.
+    planned_errors: deque[str] = field(default_factory=deque)
+    calls: int = 0
+    images_seen: list[str] = field(default_factory=list)  # sha256 of each image received
+    requests: list[dict[str, Any]] = field(default_factory=list)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def fail_next(self, *codes: str) -> None:
+        with self.lock:
+            self.planned_errors.extend(codes)
+
+    def reset(self) -> None:
+        with self.lock:
+            self.latency_seconds = 0.0
+            self.planned_errors.clear()
+            self.calls = 0
+            self.images_seen.clear()
+            self.requests.clear()
+
+    @property
+    def successful_calls(self) -> int:
+        return len(self.images_seen)
+
+
+def _image_error(data: bytes) -> tuple[str, str] | None:
+    """The error Rekognition gives for these bytes, if any."""
+    if len(data) > 5 * 1024 * 1024:
+        return "ImageTooLargeException", "Image size is too large."
+    if not (data.startswith(b"\xff\xd8\xff") or data.startswith(b"\x89PNG\r\n\x1a\n")):
+        return "InvalidImageFormatException", "Request has invalid image format"
+    from PIL import Image
+
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            width, height = image.size
+    except Exception:
+        return "InvalidImageFormatException", "Request has invalid image format"
+    if min(width, height) < 80 or max(width, height) > 10_000:
+        return "InvalidParameterException", "Request has invalid parameters"
+    return None
+
+
+class _Handler(BaseHTTPRequestHandler):
+    server: _Server
+
+    def log_message(self, format: str, *args: Any) -> None:  # quiet
+        return
+
+    def _reply(self, status: int, document: dict[str, Any]) -> None:
+        body = json.dumps(document).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/x-amz-json-1.1")
+        self.send_header("Content-Length", str(len(body)))
+        self.send_header("x-amzn-RequestId", hashlib.md5(body).hexdigest())
+        self.end_headers()
+        self.wfile.write(body)
+
+    def _error(self, code: str, message: str) -> None:
+        self._reply(400, {"__type": code, "Message": message})
+
+    def do_POST(self) -> None:
+        state = self.server.state
+        length = int(self.headers.get("Content-Length", "0"))
+        payload = json.loads(self.rfile.read(length) or b"{}")
+        target = self.headers.get("X-Amz-Target", "")
+        with state.lock:
+            state.calls += 1
+            state.requests.append({"target": target, "MinConfidence": payload.get("MinConfidence"),
+                                   "MaxLabels": payload.get("MaxLabels")})
+            planned = state.planned_errors.popleft() if state.planned_errors else None
+            latency = state.latency_seconds
+        if latency:
+            time.sleep(latency)
+        if target != "RekognitionService.DetectLabels":
+            self._error("UnknownOperationException", f"{target} is not supported by the stand-in")
+            return
+        if planned:
+            self._error(planned, f"{planned} (planned by the test)")
+            return
+        image = payload.get("Image", {})
+        if "Bytes" not in image:
+            self._error("InvalidParameterException", "Only Image.Bytes is supported by the stand-in")
+            return
+        data = base64.b64decode(image["Bytes"])
+        problem = _image_error(data)
+        if problem:
+            self._error(*problem)
+            return
+        min_confidence = float(payload.get("MinConfidence", 55))
+        max_labels = int(payload.get("MaxLabels", 1000))
+        labels = [copy.deepcopy(label) for label in SAMPLE_LABELS if label["Confidence"] >= min_confidence]
+        with state.lock:
+            state.images_seen.append(hashlib.sha256(data).hexdigest())
+        self._reply(200, {"Labels": labels[:max_labels], "LabelModelVersion": LABEL_MODEL_VERSION})
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def __init__(self, state: FakeRekognitionState) -> None:
+        super().__init__(("127.0.0.1", 0), _Handler)
+        self.state = state
+
+
+class FakeRekognition:
+    """Context manager: ``endpoint_url`` to put in ``AWS_ENDPOINT_URL_REKOGNITION``; ``state`` to steer it."""
+
+    def __init__(self) -> None:
+        self.state = FakeRekognitionState()
+        self._server = _Server(self.state)
+        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+        self.endpoint_url = f"http://127.0.0.1:{self._server.server_address[1]}"
+
+    def start(self) -> FakeRekognition:
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+        self._thread.join(timeout=5)
+
+    def __enter__(self) -> FakeRekognition:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
