@@ -22,13 +22,14 @@ THROTTLING_CODES = frozenset(
 )
 
 
-def build_client(max_pool_connections: int = 64, max_attempts: int = 8) -> Any:
-    """A Rekognition client with adaptive retry mode and enough pooled connections for our threads."""
+def build_client(max_pool_connections: int = 64, max_attempts: int = 8, retry_mode: str = "adaptive") -> Any:
+    """A Rekognition client with adaptive retries (client-side rate adapts to throttling) and enough
+    pooled connections for our threads."""
     import boto3
     from botocore.config import Config
 
     config = Config(
-        retries={"mode": "adaptive", "max_attempts": max_attempts},
+        retries={"mode": retry_mode, "max_attempts": max_attempts},
         max_pool_connections=max_pool_connections,
         connect_timeout=5,
         read_timeout=30,

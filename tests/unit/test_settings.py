@@ -1,0 +1,40 @@
+import pytest
+
+from labeler.models.settings import ConfigurationError, Settings
+
+
+def test_defaults_match_the_documented_contract() -> None:
+    settings = Settings.from_env({"OUTPUT_BUCKET": "results"})
+    assert settings.min_confidence == 55
+    assert settings.max_labels == 50
+    assert settings.max_image_bytes == 15 * 1024 * 1024
+    assert settings.download_timeout_seconds == 10
+    assert settings.max_workers == 8
+    assert settings.allow_private_networks is False
+    assert settings.label_backend == "rekognition"
+    assert settings.inline_max_images == 100
+
+
+def test_values_are_parsed_by_type() -> None:
+    settings = Settings.from_env(
+        {"OUTPUT_BUCKET": "r", "MIN_CONFIDENCE": "70.5", "MAX_WORKERS": "16", "ALLOW_PRIVATE_NETWORKS": "yes"}
+    )
+    assert (settings.min_confidence, settings.max_workers, settings.allow_private_networks) == (70.5, 16, True)
+
+
+@pytest.mark.parametrize(
+    "env",
+    [
+        {},
+        {"OUTPUT_BUCKET": ""},
+        {"OUTPUT_BUCKET": "r", "MAX_WORKERS": "many"},
+        {"OUTPUT_BUCKET": "r", "MAX_WORKERS": "0"},
+        {"OUTPUT_BUCKET": "r", "MIN_CONFIDENCE": "101"},
+        {"OUTPUT_BUCKET": "r", "MAX_LABELS": "1001"},
+        {"OUTPUT_BUCKET": "r", "ALLOW_PRIVATE_NETWORKS": "maybe"},
+        {"OUTPUT_BUCKET": "r", "LABEL_BACKEND": "clip"},
+    ],
+)
+def test_bad_configuration_is_refused_with_the_variable_named(env: dict[str, str]) -> None:
+    with pytest.raises(ConfigurationError):
+        Settings.from_env(env)
