@@ -40,7 +40,9 @@ def test_settings_are_sent(backend: RekognitionBackend, fake_rekognition: FakeRe
 
 def test_a_burst_of_throttling_is_outlasted(backend: RekognitionBackend, fake_rekognition: FakeRekognition) -> None:
     # More throttles than botocore's own attempts (2): the slow outer rounds take over.
-    fake_rekognition.state.fail_next("ThrottlingException", "ProvisionedThroughputExceededException", "ThrottlingException")
+    fake_rekognition.state.fail_next(
+        "ThrottlingException", "ProvisionedThroughputExceededException", "ThrottlingException"
+    )
     result = backend.detect_labels(jpeg(), min_confidence=55, max_labels=50)
     assert result.labels
     assert fake_rekognition.state.successful_calls == 1
