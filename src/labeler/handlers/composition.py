@@ -10,14 +10,19 @@ import threading
 from labeler.adapters.fetch import FetchPolicy, ImageFetcher
 from labeler.adapters.labels import get_backend
 from labeler.adapters.labels.base import LabelBackend
+from labeler.adapters.progress import ProgressTable
+from labeler.adapters.queue import WorkQueue
 from labeler.adapters.ratelimit import TokenBucket
 from labeler.adapters.store import S3Store, build_s3_client
 from labeler.logic.cache import LabelCache
+from labeler.logic.fanout import FanOut
 from labeler.logic.pipeline import Services
 from labeler.models.settings import Settings
 
 _lock = threading.Lock()
 _services: Services | None = None
+_fanout: FanOut | None = None
+_fanout_built = False
 
 
 def build_backend(settings: Settings) -> LabelBackend:
@@ -54,6 +59,27 @@ def build_services(settings: Settings) -> Services:
     return Services(settings=settings, store=store, fetcher=fetcher, backend=backend, cache=cache)
 
 
+def build_fanout(services: Services) -> FanOut | None:
+    """The fan-out machinery, when the work queue and the state table are configured."""
+    settings = services.settings
+    if not (settings.work_queue_url and settings.state_table):
+        return None
+    import boto3
+
+    queue = WorkQueue(boto3.client("sqs"), settings.work_queue_url)
+    progress = ProgressTable(boto3.client("dynamodb"), settings.state_table)
+    return FanOut(services=services, queue=queue, progress=progress)
+
+
+def get_fanout() -> FanOut | None:
+    global _fanout, _fanout_built
+    services = get_services()
+    with _lock:
+        if not _fanout_built:
+            _fanout, _fanout_built = build_fanout(services), True
+        return _fanout
+
+
 def get_services() -> Services:
     """The container's services, built on first use (not at import: cold starts stay fast)."""
     global _services
@@ -65,8 +91,9 @@ def get_services() -> Services:
 
 def reset_services(services: Services | None = None) -> None:
     """Forget (or replace) the cached services; for tests and the local runner."""
-    global _services
+    global _services, _fanout, _fanout_built
     with _lock:
         if _services is not None and services is None:
             _services.fetcher.close()
         _services = services
+        _fanout, _fanout_built = None, False

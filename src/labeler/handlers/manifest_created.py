@@ -14,7 +14,7 @@ from aws_lambda_powertools.utilities.data_classes import S3Event
 from aws_lambda_powertools.utilities.data_classes.s3_event import S3EventRecord
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
-from labeler.handlers.composition import get_services
+from labeler.handlers.composition import get_fanout, get_services
 from labeler.logic.pipeline import Deadline, process_manifest
 from labeler.models.records import ManifestRef
 from labeler.observability import logger, metrics, tracer
@@ -48,6 +48,7 @@ def handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
         logger.info("event without records ignored", extra={"event_keys": sorted(event)})
         return {"manifests": []}
     services = get_services()
+    fanout = get_fanout()
     deadline = Deadline(context.get_remaining_time_in_millis, services.settings.deadline_margin_ms)
     summaries: list[dict[str, Any]] = []
     failures: list[Exception] = []
@@ -55,7 +56,7 @@ def handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
         ref = manifest_ref(record)
         logger.append_keys(manifest=f"s3://{ref.bucket}/{ref.key}")
         try:
-            report = process_manifest(services, ref, deadline)
+            report = process_manifest(services, ref, deadline, fan_out=fanout.split if fanout else None)
         except Exception as exc:  # finish the other records first; then fail so S3 retries this event
             logger.exception("manifest not finished; the event will be retried")
             failures.append(exc)

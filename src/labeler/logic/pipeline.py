@@ -28,7 +28,7 @@ from labeler.logic.cache import CachedLabels, LabelCache, UrlMemo
 from labeler.logic.keys import RESULTS_PREFIX, manifest_slug, report_key, result_key
 from labeler.logic.manifest import parse_manifest
 from labeler.logic.report import Tally, build_report, utc_now
-from labeler.models.errors import InternalError, LabelerError, ManifestError
+from labeler.models.errors import BatchFailed, InternalError, LabelerError, ManifestError
 from labeler.models.records import EntryItem, ManifestEntry, ManifestRef, RejectedEntry, ResultRecord
 from labeler.models.settings import Settings
 from labeler.observability import logger
@@ -317,6 +317,20 @@ def record_rejected(services: Services, manifest: ManifestRef, rejected: Rejecte
     record.metadata["processed_at"] = utc_now()
     _store_record(services, manifest, key, record)
     return EntryOutcome(ok=False, code=str(rejected.error.code))
+
+
+def label_entry_failed(services: Services, manifest: ManifestRef, entry: ManifestEntry, reason: str) -> EntryOutcome:
+    """Record that ``entry`` was given up on (its batch failed every delivery), unless it has a record."""
+    key = result_key(manifest, entry.image_id)
+    done = _already_done(services, manifest, key)
+    if done is not None:
+        return done
+    error = BatchFailed(reason[:500])
+    record = ResultRecord(image_id=entry.image_id, url=entry.url, error=error)
+    record.metadata.update(_record_metadata(manifest, entry.index))
+    record.metadata["processed_at"] = utc_now()
+    _store_record(services, manifest, key, record)
+    return EntryOutcome(ok=False, code=str(error.code))
 
 
 def _run_one(services: Services, manifest: ManifestRef, item: EntryItem) -> EntryOutcome:

@@ -50,7 +50,11 @@ class Settings:
     rekognition_tps_share: int = 1
     # Stop starting new images when fewer than this many ms remain before the Lambda timeout.
     deadline_margin_ms: int = 15_000
-    idempotency_table: str = ""
+    # DynamoDB table for fan-out progress and Powertools idempotency (template: StateTable).
+    state_table: str = ""
+    # Deliveries of a work batch before it is given up on (the queue's maxReceiveCount).
+    max_receive_count: int = 3
+    dead_letter_queue_url: str = ""
     label_cache: bool = True
 
     @classmethod
