@@ -1,0 +1,148 @@
+"""Large manifests: S3 event → manifest handler → SQS (moto) → worker handler → one complete report."""
+
+from __future__ import annotations
+
+import itertools
+import json
+from typing import Any
+
+import pytest
+
+from labeler.handlers import manifest_created, work_batch
+from labeler.handlers.composition import reset_services
+from tests.conftest import Buckets, FakeLambdaContext
+from tests.support.fake_rekognition import FakeRekognition
+from tests.support.site import Site
+from tests.support.sqs_driver import QueueInfo, create_work_queues, drain
+
+_names = itertools.count()
+
+
+@pytest.fixture
+def fanout_env(
+    lambda_env: dict[str, str], buckets: Buckets, monkeypatch: pytest.MonkeyPatch
+) -> tuple[QueueInfo, QueueInfo]:
+    number = next(_names)
+    sqs = buckets.aws.client("sqs")
+    queue, dlq = create_work_queues(sqs, f"work-{number}")
+    table = f"state-{number}"
+    buckets.aws.client("dynamodb").create_table(
+        TableName=table,
+        KeySchema=[{"AttributeName": "id", "KeyType": "HASH"}],
+        AttributeDefinitions=[{"AttributeName": "id", "AttributeType": "S"}],
+        BillingMode="PAY_PER_REQUEST",
+    )
+    for name, value in {
+        "WORK_QUEUE_URL": queue.url,
+        "DEAD_LETTER_QUEUE_URL": dlq.url,
+        "STATE_TABLE": table,
+        "INLINE_MAX_IMAGES": "3",
+        "BATCH_SIZE": "2",
+    }.items():
+        monkeypatch.setenv(name, value)
+    reset_services()
+    return queue, dlq
+
+
+def manifest_of(site: Site, count: int) -> list[dict[str, str]]:
+    return [{"id": f"img-{n:03d}", "url": site.url(f"/photo.jpg?n={n}")} for n in range(count)]
+
+
+def test_a_large_manifest_fans_out_and_the_report_completes_once(
+    buckets: Buckets,
+    site: Site,
+    fanout_env: tuple[QueueInfo, QueueInfo],
+    fake_rekognition: FakeRekognition,
+    lambda_context: FakeLambdaContext,
+) -> None:
+    queue, _ = fanout_env
+    entries: list[Any] = manifest_of(site, 9)
+    entries += [{"id": "no-url"}, {"id": "img-000", "url": site.url("/photo.png")}]  # invalid + duplicate
+    event = buckets.put_manifest("big/manifest.json", entries)
+
+    response = manifest_created.handler(event, lambda_context)
+
+    assert response["manifests"][0]["status"] == "in_progress"
+    in_progress = buckets.report()
+    assert in_progress["mode"] == "fanout" and in_progress["batches"]["count"] == 5  # 9 entries / 2
+
+    sqs = buckets.aws.client("sqs")
+    drain(sqs, queue, work_batch.handler, lambda_context, batch_size=2)
+
+    report = buckets.report()
+    assert report["status"] == "complete"
+    assert (report["total"], report["succeeded"], report["failed"]) == (11, 9, 2)
+    assert report["errors_by_code"] == {"duplicate_id": 1, "invalid_entry": 1}
+    assert report["batches"] == {"count": 5, "done": 5}
+    assert len(buckets.records()) == 11
+    assert fake_rekognition.state.successful_calls == 1  # nine URLs, identical bytes: one paid call
+
+
+def test_redelivered_batches_are_counted_once(
+    buckets: Buckets,
+    site: Site,
+    fanout_env: tuple[QueueInfo, QueueInfo],
+    lambda_context: FakeLambdaContext,
+) -> None:
+    queue, _ = fanout_env
+    sqs = buckets.aws.client("sqs")
+    event = buckets.put_manifest("twice.json", manifest_of(site, 5))
+    manifest_created.handler(event, lambda_context)
+    manifest_created.handler(event, lambda_context)  # S3 delivered the event twice: batches sent twice
+
+    drain(sqs, queue, work_batch.handler, lambda_context)
+
+    report = buckets.report()
+    assert (report["status"], report["total"], report["succeeded"]) == ("complete", 5, 5)
+    assert len(buckets.records()) == 5
+
+
+def test_a_poison_batch_ends_in_the_dead_letter_queue_and_the_report_counts_it_failed(
+    buckets: Buckets,
+    site: Site,
+    fanout_env: tuple[QueueInfo, QueueInfo],
+    lambda_context: FakeLambdaContext,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from labeler.logic import fanout
+
+    queue, dlq = fanout_env
+    real_process = fanout.process_entries
+
+    def poisoned(services: Any, manifest: Any, entries: Any, deadline: Any = None) -> Any:
+        if any(entry.image_id == "img-002" for entry in entries):
+            raise RuntimeError("this batch always crashes the worker")
+        return real_process(services, manifest, entries, deadline)
+
+    monkeypatch.setattr(fanout, "process_entries", poisoned)
+    manifest_created.handler(buckets.put_manifest("poison.json", manifest_of(site, 6)), lambda_context)
+
+    drain(buckets.aws.client("sqs"), queue, work_batch.handler, lambda_context, batch_size=1)
+
+    report = buckets.report()
+    assert (report["status"], report["total"], report["succeeded"], report["failed"]) == ("complete", 6, 4, 2)
+    assert report["errors_by_code"] == {"batch_failed": 2}
+    failed = [r for r in buckets.records() if "error" in r]
+    assert {r["image_id"] for r in failed} == {"img-002", "img-003"}
+    assert "always crashes" in failed[0]["error"]["message"]
+    dead = buckets.aws.client("sqs").receive_message(
+        QueueUrl=dlq.url, MessageAttributeNames=["All"], MaxNumberOfMessages=10
+    )["Messages"]
+    assert len(dead) == 1
+    assert dead[0]["MessageAttributes"]["error_code"]["StringValue"] == "batch_failed"
+    assert json.loads(dead[0]["Body"])["batch_index"] == 1
+
+
+def test_a_malformed_message_is_dead_lettered_by_the_redrive_policy(
+    buckets: Buckets,
+    fanout_env: tuple[QueueInfo, QueueInfo],
+    lambda_context: FakeLambdaContext,
+) -> None:
+    queue, dlq = fanout_env
+    sqs = buckets.aws.client("sqs")
+    sqs.send_message(QueueUrl=queue.url, MessageBody="this is not a work batch")
+
+    drain(sqs, queue, work_batch.handler, lambda_context)
+
+    dead = sqs.receive_message(QueueUrl=dlq.url, MaxNumberOfMessages=10).get("Messages", [])
+    assert [m["Body"] for m in dead] == ["this is not a work batch"]
