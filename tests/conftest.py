@@ -27,6 +27,7 @@ os.environ.setdefault("POWERTOOLS_METRICS_NAMESPACE", "S3ImageLabelerTests")
 os.environ.setdefault("POWERTOOLS_LOG_LEVEL", "WARNING")
 
 _bucket_numbers = itertools.count()
+_sequencers = itertools.count(0x0A1B2C3D4E5F6789)
 
 
 @pytest.fixture(scope="session")
@@ -104,7 +105,7 @@ def s3_put_event(s3: Any, bucket: str, key: str) -> dict[str, Any]:
         "key": quote_plus(key, safe="/"),
         "size": head["ContentLength"],
         "eTag": head["ETag"].strip('"'),
-        "sequencer": "0A1B2C3D4E5F678901",
+        "sequencer": f"{next(_sequencers):018X}",  # S3 gives every upload a new, increasing sequencer
     }
     if head.get("VersionId"):
         obj["versionId"] = head["VersionId"]
@@ -122,8 +123,11 @@ def s3_put_event(s3: Any, bucket: str, key: str) -> dict[str, Any]:
                 "s3": {
                     "s3SchemaVersion": "1.0",
                     "configurationId": "manifest-created",
-                    "bucket": {"name": bucket, "ownerIdentity": {"principalId": "EXAMPLE"},
-                               "arn": f"arn:aws:s3:::{bucket}"},
+                    "bucket": {
+                        "name": bucket,
+                        "ownerIdentity": {"principalId": "EXAMPLE"},
+                        "arn": f"arn:aws:s3:::{bucket}",
+                    },
                     "object": obj,
                 },
             }

@@ -60,6 +60,7 @@ class S3Store:
             etag=(response.get("ETag") or ref.etag or "").strip('"') or None,
             version_id=response.get("VersionId") or ref.version_id,
             size=response.get("ContentLength", ref.size),
+            sequencer=ref.sequencer,
         )
         return OpenedManifest(ref=opened, body=response["Body"])
 

@@ -14,6 +14,7 @@ from labeler.adapters.progress import ProgressTable
 from labeler.adapters.queue import WorkQueue
 from labeler.adapters.ratelimit import TokenBucket
 from labeler.adapters.store import S3Store, build_s3_client
+from labeler.handlers.idempotency import OncePerDelivery
 from labeler.logic.cache import LabelCache
 from labeler.logic.fanout import FanOut
 from labeler.logic.pipeline import Services
@@ -23,6 +24,7 @@ _lock = threading.Lock()
 _services: Services | None = None
 _fanout: FanOut | None = None
 _fanout_built = False
+_once: OncePerDelivery | None = None
 
 
 def build_backend(settings: Settings) -> LabelBackend:
@@ -80,6 +82,15 @@ def get_fanout() -> FanOut | None:
         return _fanout
 
 
+def get_once() -> OncePerDelivery:
+    global _once
+    settings = get_services().settings
+    with _lock:
+        if _once is None:
+            _once = OncePerDelivery(settings)
+        return _once
+
+
 def get_services() -> Services:
     """The container's services, built on first use (not at import: cold starts stay fast)."""
     global _services
@@ -91,8 +102,9 @@ def get_services() -> Services:
 
 def reset_services(services: Services | None = None) -> None:
     """Forget (or replace) the cached services; for tests and the local runner."""
-    global _services, _fanout, _fanout_built
+    global _services, _fanout, _fanout_built, _once
     with _lock:
+        _once = None
         if _services is not None and services is None:
             _services.fetcher.close()
         _services = services

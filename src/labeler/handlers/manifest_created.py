@@ -6,6 +6,7 @@ record, report metrics. Keys arrive URL-encoded (``+`` for a space) and are deco
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Any
 from urllib.parse import unquote_plus
 
@@ -14,8 +15,10 @@ from aws_lambda_powertools.utilities.data_classes import S3Event
 from aws_lambda_powertools.utilities.data_classes.s3_event import S3EventRecord
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
-from labeler.handlers.composition import get_fanout, get_services
-from labeler.logic.pipeline import Deadline, process_manifest
+from labeler.handlers.composition import get_fanout, get_once, get_services
+from labeler.handlers.idempotency import DuplicateInProgress
+from labeler.logic.fanout import FanOut
+from labeler.logic.pipeline import Deadline, Services, process_manifest
 from labeler.models.records import ManifestRef
 from labeler.observability import logger, metrics, tracer
 
@@ -29,6 +32,7 @@ def manifest_ref(record: S3EventRecord) -> ManifestRef:
         etag=s3_object.etag or None,
         version_id=s3_object.version_id or None,
         size=s3_object.size,
+        sequencer=s3_object.sequencer or None,
     )
 
 
@@ -40,6 +44,13 @@ def publish_metrics(report: dict[str, Any]) -> None:
         metrics.add_metric(name="ManifestsRejected", unit=MetricUnit.Count, value=1)
 
 
+def label_manifest(services: Services, fanout: FanOut | None, ref: ManifestRef, deadline: Deadline) -> dict[str, Any]:
+    """Process one manifest (inline or fanned out) and return the summary the handler answers with."""
+    report = process_manifest(services, ref, deadline, fan_out=fanout.split if fanout else None)
+    publish_metrics(report)
+    return {key: report[key] for key in ("manifest", "status", "total", "succeeded", "failed")}
+
+
 @logger.inject_lambda_context
 @tracer.capture_lambda_handler
 @metrics.log_metrics
@@ -49,6 +60,8 @@ def handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
         return {"manifests": []}
     services = get_services()
     fanout = get_fanout()
+    once = get_once()
+    once.register_context(context)
     deadline = Deadline(context.get_remaining_time_in_millis, services.settings.deadline_margin_ms)
     summaries: list[dict[str, Any]] = []
     failures: list[Exception] = []
@@ -56,14 +69,15 @@ def handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
         ref = manifest_ref(record)
         logger.append_keys(manifest=f"s3://{ref.bucket}/{ref.key}")
         try:
-            report = process_manifest(services, ref, deadline, fan_out=fanout.split if fanout else None)
+            summary = once.run_once(ref.to_dict(), partial(label_manifest, services, fanout, ref, deadline))
+        except DuplicateInProgress:
+            continue  # its twin writes the records and the report
         except Exception as exc:  # finish the other records first; then fail so S3 retries this event
             logger.exception("manifest not finished; the event will be retried")
             failures.append(exc)
             continue
-        publish_metrics(report)
-        summaries.append({key: report[key] for key in ("manifest", "status", "total", "succeeded", "failed")})
-        logger.info("manifest done", extra={"report": summaries[-1]})
+        summaries.append(summary)
+        logger.info("manifest done", extra={"report": summary})
     if failures:
         raise failures[0]
     return {"manifests": summaries}

@@ -9,18 +9,25 @@ dead-letter queue with its reason as message attributes.
 from __future__ import annotations
 
 import json
+from functools import partial
 from typing import Any
 
 from aws_lambda_powertools.utilities.batch import BatchProcessor, EventType, process_partial_response
 from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
-from labeler.handlers.composition import get_fanout, get_services
-from labeler.logic.fanout import WorkBatch
+from labeler.handlers.composition import get_fanout, get_once, get_services
+from labeler.handlers.idempotency import DuplicateInProgress
+from labeler.logic.fanout import FanOut, WorkBatch, run_key
 from labeler.logic.pipeline import Deadline
 from labeler.observability import logger, metrics, tracer
 
 processor = BatchProcessor(event_type=EventType.SQS)
+
+
+def label_batch(fanout: FanOut, batch: WorkBatch, deadline: Deadline) -> dict[str, Any]:
+    result = fanout.process_batch(batch, deadline)
+    return {"batch": batch.batch_index, **result.tally.to_dict()}
 
 
 def record_handler(record: SQSRecord, lambda_context: LambdaContext | None = None) -> None:
@@ -32,8 +39,13 @@ def record_handler(record: SQSRecord, lambda_context: LambdaContext | None = Non
     remaining = lambda_context.get_remaining_time_in_millis if lambda_context else None
     deadline = Deadline(remaining, services.settings.deadline_margin_ms)
     logger.append_keys(manifest=f"s3://{batch.manifest.bucket}/{batch.manifest.key}", batch=batch.batch_index)
+    once = get_once()
+    once.register_context(lambda_context)
+    delivery = {"run": run_key(batch.manifest), "batch": batch.batch_index}
     try:
-        fanout.process_batch(batch, deadline)
+        once.run_once(delivery, partial(label_batch, fanout, batch, deadline))
+    except DuplicateInProgress:
+        raise  # its twin is labeling this batch now; the message comes back and finds it done
     except Exception as exc:
         deliveries = int(record.attributes.approximate_receive_count or 1)
         if deliveries < services.settings.max_receive_count:

@@ -88,8 +88,13 @@ class LabelCache:
     def put_labels(self, sha256: str, labels: list[dict[str, Any]], model_version: str, image: dict[str, Any]) -> None:
         self._store.put_json(
             self.labels_key(sha256),
-            {"sha256": sha256, "backend": self._backend, "model_version": model_version, "labels": labels,
-             "image": image},
+            {
+                "sha256": sha256,
+                "backend": self._backend,
+                "model_version": model_version,
+                "labels": labels,
+                "image": image,
+            },
         )
 
     def get_url_memo(self, url: str) -> UrlMemo | None:
@@ -98,8 +103,9 @@ class LabelCache:
             return None
         if not (document.get("etag") or document.get("last_modified")):
             return None
-        return UrlMemo(etag=document.get("etag"), last_modified=document.get("last_modified"),
-                       sha256=str(document["sha256"]))
+        return UrlMemo(
+            etag=document.get("etag"), last_modified=document.get("last_modified"), sha256=str(document["sha256"])
+        )
 
     def put_url_memo(self, url: str, memo: UrlMemo) -> None:
         if not (memo.etag or memo.last_modified):

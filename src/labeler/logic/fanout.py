@@ -62,6 +62,7 @@ class WorkBatch:
                 key=str(manifest["key"]),
                 etag=manifest.get("etag"),
                 version_id=manifest.get("version_id"),
+                sequencer=manifest.get("sequencer"),
             )
             entries = tuple(
                 ManifestEntry(index=int(e["index"]), image_id=str(e["image_id"]), url=str(e["url"]))
@@ -73,8 +74,8 @@ class WorkBatch:
 
 
 def run_key(manifest: ManifestRef) -> str:
-    """Identifies one run: the manifest object and the version of it that was uploaded."""
-    return f"{manifest_slug(manifest.bucket, manifest.key)}#{manifest.version_id or manifest.etag or '-'}"
+    """Identifies one run: the manifest object and the upload of it that triggered the run."""
+    return f"{manifest_slug(manifest.bucket, manifest.key)}#{manifest.run_id or '-'}"
 
 
 @dataclass

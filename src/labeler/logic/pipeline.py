@@ -126,15 +126,11 @@ def _record_metadata(manifest: ManifestRef, index: int) -> dict[str, Any]:
     return {"manifest": {"bucket": manifest.bucket, "key": manifest.key}, "entry_index": index}
 
 
-def _manifest_version(manifest: ManifestRef) -> str:
-    return manifest.version_id or manifest.etag or ""
-
-
 def _store_record(
     services: Services, manifest: ManifestRef, key: str, record: ResultRecord, *, if_absent: bool = False
 ) -> None:
     status = "ok" if record.ok else "error"
-    metadata = {"status": status, "manifest-version": _manifest_version(manifest)}
+    metadata = {"status": status, "manifest-run": manifest.run_id}
     if record.error is not None:
         metadata["code"] = str(record.error.code)
     try:
@@ -144,8 +140,8 @@ def _store_record(
 
 
 def _already_done(services: Services, manifest: ManifestRef, key: str) -> EntryOutcome | None:
-    """A record written for this very manifest version by an earlier delivery: reuse it, label nothing."""
-    version = _manifest_version(manifest)
+    """A record written for this very upload of the manifest by an earlier delivery: reuse it, label nothing."""
+    version = manifest.run_id
     if not version:
         return None
     try:
@@ -153,7 +149,7 @@ def _already_done(services: Services, manifest: ManifestRef, key: str) -> EntryO
     except Exception:
         logger.warning("cannot check for an existing record", extra={"key": key}, exc_info=True)
         return None
-    if not metadata or metadata.get("manifest-version") != version:
+    if not metadata or metadata.get("manifest-run") != version:
         return None
     ok = metadata.get("status") == "ok"
     return EntryOutcome(ok=ok, code=None if ok else metadata.get("code", "internal_error"), already_done=True)
@@ -303,8 +299,12 @@ def _reuse_not_modified(
     cached = services.cache.get_labels(memo.sha256)
     if cached is None:
         return None
-    source = {"final_url": fetched.final_url, "etag": fetched.etag or memo.etag,
-              "last_modified": fetched.last_modified or memo.last_modified, "redirects": list(fetched.redirects)}
+    source = {
+        "final_url": fetched.final_url,
+        "etag": fetched.etag or memo.etag,
+        "last_modified": fetched.last_modified or memo.last_modified,
+        "redirects": list(fetched.redirects),
+    }
     return _success(entry, cached, memo.sha256, source, cached_labels=True, not_modified=True)
 
 

@@ -21,13 +21,20 @@ class ManifestRef:
     etag: str | None = None
     version_id: str | None = None
     size: int | None = None
+    # The S3 event's sequencer: the same for redeliveries of one upload, new for every upload.
+    sequencer: str | None = None
+
+    @property
+    def run_id(self) -> str:
+        """Identifies one upload of the manifest: redelivered events share it, a re-upload does not."""
+        return self.version_id or self.sequencer or self.etag or ""
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {"bucket": self.bucket, "key": self.key}
-        if self.etag:
-            out["etag"] = self.etag
-        if self.version_id:
-            out["version_id"] = self.version_id
+        for name in ("etag", "version_id", "sequencer"):
+            value = getattr(self, name)
+            if value:
+                out[name] = value
         return out
 
 
