@@ -182,3 +182,21 @@ def lambda_env(
     reset_services()
     yield env
     reset_services()
+
+
+# --- the test image site (a loopback HTTP server with real images and hostile routes) ---------------
+from tests.support.site import Site  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def _site_server() -> Iterator[Site]:
+    with Site() as started:
+        yield started
+
+
+@pytest.fixture
+def site(_site_server: Site) -> Site:
+    """The image site, with its request counters reset for this test."""
+    _site_server.reset_counters()
+    _site_server.server.delay_seconds = 0.0
+    return _site_server

@@ -1,0 +1,508 @@
+"""SSRF-safe image download: every hop is parsed, checked and connected to by address, under one deadline.
+
+For each hop (the URL, then every redirect):
+
+1. :func:`~labeler.adapters.netguard.parse_target` normalises the URL (every IPv4 spelling, IDNA,
+   IPv6 literals) and refuses credentials, odd ports and schemes other than http/https.
+2. The port must be 80, 443 or unprivileged (≥ 1024): no talking to SSH, SMTP, ... on port 22, 25.
+3. An IP literal is checked by :class:`~labeler.adapters.netguard.AddressPolicy`; a name is checked
+   (``localhost`` & co.), resolved **once**, and refused if *any* answer is blocked (a DNS-rebinding
+   answer mixes good and bad addresses).
+4. urllib3 connects to the **checked address** (never to the name, so nothing resolves it again),
+   with the ``Host`` header, TLS SNI and certificate check all using the name from the URL.
+
+The whole fetch (DNS, connect, every redirect, headers, body) shares one deadline of
+``timeout_seconds``; each socket wait is bounded by what is left of it. Bodies are streamed in
+chunks and never buffered beyond ``max_bytes`` (+ one chunk); they are returned exactly as sent
+(``Content-Encoding`` is not undone: we ask for ``identity`` and check the bytes ourselves).
+
+Every network failure becomes a :class:`~labeler.models.errors.LabelerError` subclass.
+
+>>> fetcher = ImageFetcher(FetchPolicy(timeout_seconds=5))            # doctest: +SKIP
+>>> image = fetcher.fetch("https://images.example/cat.jpg")            # doctest: +SKIP
+>>> fetcher.fetch(image.final_url, Validators(etag=image.etag))        # doctest: +SKIP
+NotModified(final_url='https://images.example/cat.jpg', ...)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import http.client
+import socket
+import ssl
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urljoin
+
+import urllib3
+from urllib3.exceptions import (
+    ClosedPoolError,
+    NewConnectionError,
+    ProtocolError,
+    SSLError,
+)
+from urllib3.exceptions import HTTPError as Urllib3Error
+from urllib3.exceptions import TimeoutError as Urllib3Timeout
+
+from labeler.adapters.netguard import AddressPolicy, IPAddress, Target, parse_target
+from labeler.models.errors import (
+    BlockedAddress,
+    ConnectionFailed,
+    DnsError,
+    DownloadTimeout,
+    EmptyBody,
+    HttpStatusError,
+    ImageTooLarge,
+    LabelerError,
+    RedirectLoop,
+    TooManyRedirects,
+)
+
+Resolver = Callable[[str, int], list[str]]
+
+REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
+ALLOWED_LOW_PORTS = frozenset({80, 443})
+FIRST_UNPRIVILEGED_PORT = 1024
+CHUNK_SIZE = 64 * 1024
+# Small bodies of redirects and error answers are read (to keep the connection alive); larger ones are cut off.
+MAX_DISCARD_BYTES = 64 * 1024
+MAX_POOLS = 64  # distinct (scheme, address, port, host) kept alive
+POOL_MAXSIZE = 16  # connections kept per pool: one per worker thread
+RESOLVER_THREADS = 8
+
+
+@dataclass(frozen=True)
+class Validators:
+    """What a previous download of the URL answered, for a conditional request."""
+
+    etag: str | None = None
+    last_modified: str | None = None
+
+
+@dataclass(frozen=True)
+class FetchedImage:
+    body: bytes
+    """Exactly the bytes sent (no content decoding)."""
+    final_url: str
+    """The canonical URL that answered with the body (after redirects)."""
+    status: int
+    content_type: str | None
+    etag: str | None
+    last_modified: str | None
+    redirects: tuple[str, ...] = ()
+    """Each URL that answered with a redirect, in order (``redirects + (final_url,)`` is the whole chain)."""
+
+
+@dataclass(frozen=True)
+class NotModified:
+    """The server answered ``304 Not Modified`` to the validators: the previous download is still current."""
+
+    final_url: str
+    etag: str | None
+    last_modified: str | None
+    redirects: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class FetchPolicy:
+    max_bytes: int = 15 * 1024 * 1024
+    timeout_seconds: float = 10.0
+    """One deadline for the whole fetch: DNS, connect, redirects, headers and body."""
+    max_redirects: int = 5
+    allow_private_networks: bool = False
+    """Local runs and tests only: lets loopback/private addresses through (never link-local/metadata)."""
+    user_agent: str = "s3-image-labeler/0.1 (+https://github.com/s3-image-labeler/s3-image-labeler)"
+
+
+def system_resolver(host: str, port: int) -> list[str]:
+    """The addresses ``host`` resolves to, in the system's order, without duplicates."""
+    infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, proto=socket.IPPROTO_TCP)
+    return list(dict.fromkeys(str(info[4][0]) for info in infos))
+
+
+def check_port(port: int) -> None:
+    """Only 80, 443 and unprivileged ports: a URL must not make us talk to SSH, SMTP or the like."""
+    if port < FIRST_UNPRIVILEGED_PORT and port not in ALLOWED_LOW_PORTS:
+        raise BlockedAddress(f"port {port} is not allowed")
+
+
+class _Deadline:
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+        self.ends = time.monotonic() + seconds
+
+    def remaining(self, doing: str) -> float:
+        """Seconds left; raises :class:`DownloadTimeout` when none are."""
+        left = self.ends - time.monotonic()
+        if left <= 0:
+            raise DownloadTimeout(f"the download took longer than {self.seconds:g} s ({doing})")
+        return left
+
+
+_PoolKey = tuple[str, str, int, str]
+
+
+class ImageFetcher:
+    """Downloads images under a :class:`FetchPolicy`. Thread-safe: share one instance between workers.
+
+    ``resolver(host, port)`` returns the IP addresses of a name (default: ``socket.getaddrinfo``); it is
+    called once per hop. ``address_policy`` replaces the default ``AddressPolicy(allow_private_networks)``.
+    """
+
+    def __init__(
+        self,
+        policy: FetchPolicy,
+        resolver: Resolver | None = None,
+        *,
+        address_policy: AddressPolicy | None = None,
+    ) -> None:
+        self.policy = policy
+        self.address_policy = address_policy or AddressPolicy(policy.allow_private_networks)
+        self._resolver = resolver or system_resolver
+        self._lock = threading.Lock()
+        self._pools: OrderedDict[_PoolKey, urllib3.HTTPConnectionPool] = OrderedDict()
+        self._executor: ThreadPoolExecutor | None = None
+        self._headers = {
+            "User-Agent": policy.user_agent,
+            "Accept": "image/*",
+            "Accept-Encoding": "identity",
+        }
+
+    # --- public API ---------------------------------------------------------------------------------
+    def fetch(self, url: str, validators: Validators | None = None) -> FetchedImage | NotModified:
+        """Download ``url`` (following redirects by hand); raises :class:`LabelerError` subclasses only."""
+        deadline = _Deadline(self.policy.timeout_seconds)
+        headers = dict(self._headers)
+        if validators is not None:
+            if validators.etag:
+                headers["If-None-Match"] = validators.etag
+            if validators.last_modified:
+                headers["If-Modified-Since"] = validators.last_modified
+        target = self._parse(url)
+        visited = [target.url]
+        while True:
+            try:
+                outcome = self._fetch_hop(target, headers, validators is not None, deadline)
+            except LabelerError as exc:
+                if len(visited) > 1:  # say where the redirects led
+                    raise type(exc)(f"{exc.message} (redirected to {target.url})", **exc.details) from None
+                raise
+            if isinstance(outcome, FetchedImage | NotModified):
+                return _with_redirects(outcome, tuple(visited[:-1]))
+            target = self._follow(target, outcome, visited)
+
+    def close(self) -> None:
+        """Close every kept-alive connection. The fetcher stays usable (it reconnects)."""
+        with self._lock:
+            pools = list(self._pools.values())
+            self._pools.clear()
+            executor, self._executor = self._executor, None
+        for pool in pools:
+            pool.close()
+        if executor is not None:
+            executor.shutdown(wait=False, cancel_futures=True)
+
+    # --- one hop ------------------------------------------------------------------------------------------
+    def _parse(self, url: str) -> Target:
+        target = parse_target(url)
+        check_port(target.port)
+        return target
+
+    def _follow(self, current: Target, location: str, visited: list[str]) -> Target:
+        """The next hop of a redirect, or :class:`RedirectLoop` / :class:`TooManyRedirects`."""
+        next_url = urljoin(current.url, location)
+        try:
+            target = self._parse(next_url)
+        except LabelerError as exc:
+            raise type(exc)(f"redirect from {current.url} to {next_url}: {exc.message}", **exc.details) from None
+        if target.url in visited:
+            raise RedirectLoop(f"redirect loop: {current.url} redirects back to {target.url}")
+        if len(visited) > self.policy.max_redirects:
+            raise TooManyRedirects(f"more than {self.policy.max_redirects} redirects (next: {target.url})")
+        visited.append(target.url)
+        return target
+
+    def _fetch_hop(
+        self, target: Target, headers: dict[str, str], conditional: bool, deadline: _Deadline
+    ) -> FetchedImage | NotModified | str:
+        """The answer of one URL: an image, a 304, or the ``Location`` of a redirect (a string)."""
+        addresses = self._addresses(target, deadline)
+        response = self._request(target, addresses, headers, deadline)
+        try:
+            status = response.status
+            if status in REDIRECT_STATUSES:
+                location = response.headers.get("Location")
+                self._discard(response, deadline)
+                if not location:
+                    raise HttpStatusError(f"HTTP {status} redirect without a Location header", status=status)
+                return location.strip()
+            etag, last_modified = response.headers.get("ETag"), response.headers.get("Last-Modified")
+            if status == 304 and conditional:
+                self._discard(response, deadline)
+                return NotModified(final_url=target.url, etag=etag, last_modified=last_modified)
+            if not 200 <= status < 300:
+                self._discard(response, deadline)
+                raise HttpStatusError(f"HTTP {status} {response.reason or ''}".strip(), status=status)
+            body = self._read_body(response, deadline)
+            return FetchedImage(
+                body=body,
+                final_url=target.url,
+                status=status,
+                content_type=response.headers.get("Content-Type"),
+                etag=etag,
+                last_modified=last_modified,
+            )
+        except BaseException:
+            _close(response)
+            raise
+        finally:
+            response.release_conn()
+
+    def _addresses(self, target: Target, deadline: _Deadline) -> list[IPAddress]:
+        """The checked addresses to try for ``target``: its IP literal, or every answer for its name."""
+        if target.ip is not None:
+            return [self.address_policy.check(target.ip)]
+        self.address_policy.check_name(target.host)
+        answers = self._resolve(target.host, target.port, deadline)
+        checked: list[IPAddress] = []
+        for answer in answers:
+            try:
+                ip = self.address_policy.check(answer)
+            except BlockedAddress as exc:
+                raise BlockedAddress(f"{target.host} resolves to a blocked address: {exc.message}") from None
+            if ip not in checked:
+                checked.append(ip)
+        return checked
+
+    def _resolve(self, host: str, port: int, deadline: _Deadline) -> list[str]:
+        """Ask the resolver once, within the deadline (``getaddrinfo`` itself cannot be given a timeout)."""
+        future = self._resolver_pool().submit(self._resolver, host, port)
+        try:
+            answers = future.result(timeout=deadline.remaining(f"resolving {host}"))
+        except FutureTimeout:
+            future.cancel()
+            raise DownloadTimeout(f"resolving {host} took longer than {deadline.seconds:g} s") from None
+        except (OSError, UnicodeError, ValueError) as exc:
+            raise DnsError(f"cannot resolve {host}: {_reason(exc)}") from None
+        if not answers:
+            raise DnsError(f"{host} has no address")
+        return [str(answer) for answer in answers]
+
+    def _resolver_pool(self) -> ThreadPoolExecutor:
+        with self._lock:
+            if self._executor is None:
+                self._executor = ThreadPoolExecutor(max_workers=RESOLVER_THREADS, thread_name_prefix="resolve")
+            return self._executor
+
+    def _request(
+        self, target: Target, addresses: list[IPAddress], headers: dict[str, str], deadline: _Deadline
+    ) -> urllib3.BaseHTTPResponse:
+        """Send the GET to the first address that accepts a connection; return the response (body unread)."""
+        request_headers = {**headers, "Host": target.netloc}
+        failure: LabelerError | None = None
+        for ip in addresses:
+            try:
+                return self._request_one(target, ip, request_headers, deadline)
+            except ConnectionFailed as exc:
+                if not exc.details.get("connect"):
+                    raise
+                failure = exc  # this address refused or is unreachable: try the next one
+        assert failure is not None
+        raise failure
+
+    def _request_one(
+        self, target: Target, ip: IPAddress, headers: dict[str, str], deadline: _Deadline
+    ) -> urllib3.BaseHTTPResponse:
+        for attempt in range(2):
+            remaining = deadline.remaining(f"connecting to {target.netloc}")
+            pool = self._pool(target, ip)
+            try:
+                return pool.urlopen(
+                    "GET",
+                    target.path,
+                    headers=headers,
+                    retries=False,
+                    redirect=False,
+                    assert_same_host=False,
+                    timeout=urllib3.Timeout(total=remaining),  # connect + waiting for headers
+                    preload_content=False,
+                    decode_content=False,
+                    release_conn=False,
+                )
+            except ClosedPoolError:
+                if attempt:  # closed under us twice (close() racing with fetches): give up
+                    raise ConnectionFailed(f"{target.netloc}: the fetcher was closed") from None
+            except NewConnectionError as exc:
+                raise ConnectionFailed(
+                    f"cannot connect to {target.netloc} ({ip}): {_reason(exc)}", connect=True
+                ) from None
+            except Exception as exc:
+                raise _translate(exc, target, deadline) from None
+        raise AssertionError("unreachable")
+
+    def _pool(self, target: Target, ip: IPAddress) -> urllib3.HTTPConnectionPool:
+        key = (target.scheme, str(ip), target.port, target.host)
+        with self._lock:
+            pool = self._pools.get(key)
+            if pool is not None:
+                self._pools.move_to_end(key)
+                return pool
+            pool = _new_pool(target, ip)
+            self._pools[key] = pool
+            evicted = self._pools.popitem(last=False)[1] if len(self._pools) > MAX_POOLS else None
+        if evicted is not None:
+            evicted.close()  # idle connections close now, busy ones when they are returned
+        return pool
+
+    # --- bodies --------------------------------------------------------------------------------------------
+    def _read_body(self, response: urllib3.BaseHTTPResponse, deadline: _Deadline) -> bytes:
+        limit = self.policy.max_bytes
+        declared = _content_length(response)
+        if declared is not None and declared > limit:
+            raise ImageTooLarge(f"the server declares {declared} bytes, more than the {limit}-byte limit")
+        body = bytearray()
+        while True:
+            chunk = self._read_chunk(response, min(CHUNK_SIZE, limit + 1 - len(body)), deadline, "reading the body")
+            if not chunk:
+                break
+            body += chunk
+            if len(body) > limit:
+                raise ImageTooLarge(f"the body is larger than the {limit}-byte limit")
+        if not body:
+            raise EmptyBody("the server sent an empty body")
+        return bytes(body)
+
+    def _read_chunk(self, response: urllib3.BaseHTTPResponse, amount: int, deadline: _Deadline, doing: str) -> bytes:
+        remaining = deadline.remaining(doing)
+        connection = getattr(response, "connection", None)
+        sock = getattr(connection, "sock", None)
+        if sock is not None:
+            sock.settimeout(remaining)  # no single wait may outlast the fetch's deadline
+        try:
+            chunk = response.read1(amount, decode_content=False)
+        except Exception as exc:
+            raise _translate(exc, None, deadline) from None
+        deadline.remaining(doing)  # a trickle of bytes must not keep the download alive past the deadline
+        return chunk
+
+    def _discard(self, response: urllib3.BaseHTTPResponse, deadline: _Deadline) -> None:
+        """Read a small remaining body so the connection can be reused; close it if the body is large."""
+        declared = _content_length(response)
+        if declared is None or declared > MAX_DISCARD_BYTES:
+            _close(response)
+            return
+        read = 0
+        while read <= MAX_DISCARD_BYTES:
+            chunk = self._read_chunk(response, CHUNK_SIZE, deadline, "reading a response")
+            if not chunk:
+                return
+            read += len(chunk)
+        _close(response)
+
+
+def _new_pool(target: Target, ip: IPAddress) -> urllib3.HTTPConnectionPool:
+    common: dict[str, Any] = {"maxsize": POOL_MAXSIZE, "block": False, "retries": False}
+    if target.scheme == "https":
+        # Connect to the checked address; SNI and the certificate check use the name from the URL.
+        return urllib3.HTTPSConnectionPool(
+            str(ip),
+            target.port,
+            server_hostname=target.host,
+            assert_hostname=target.host,
+            cert_reqs="CERT_REQUIRED",
+            **common,
+        )
+    return urllib3.HTTPConnectionPool(str(ip), target.port, **common)
+
+
+def _with_redirects(outcome: FetchedImage | NotModified, redirects: tuple[str, ...]) -> FetchedImage | NotModified:
+    if not redirects:
+        return outcome
+    if isinstance(outcome, FetchedImage):
+        return FetchedImage(
+            body=outcome.body,
+            final_url=outcome.final_url,
+            status=outcome.status,
+            content_type=outcome.content_type,
+            etag=outcome.etag,
+            last_modified=outcome.last_modified,
+            redirects=redirects,
+        )
+    return NotModified(
+        final_url=outcome.final_url, etag=outcome.etag, last_modified=outcome.last_modified, redirects=redirects
+    )
+
+
+def _content_length(response: urllib3.BaseHTTPResponse) -> int | None:
+    """The body length the server declared (0 for 204/304), ``None`` when undeclared (chunked, to EOF)."""
+    length = getattr(response, "length_remaining", None)
+    return length if isinstance(length, int) else None
+
+
+def _close(response: urllib3.BaseHTTPResponse) -> None:
+    """Close the response and its connection (the pool then opens a fresh one)."""
+    with contextlib.suppress(Exception):  # closing what is already broken must not hide the real error
+        response.close()
+
+
+def _reason(exc: BaseException) -> str:
+    """The innermost useful message of a (wrapped) network exception."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    message = str(exc)
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        text = str(current)
+        if text:
+            message = text
+        reason = getattr(current, "reason", None)
+        args_inner = next((arg for arg in getattr(current, "args", ()) if isinstance(arg, BaseException)), None)
+        nested = reason if isinstance(reason, BaseException) else args_inner
+        current = nested or current.__cause__ or current.__context__
+    return message[:300]
+
+
+def _is_timeout(exc: BaseException) -> bool:
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, Urllib3Timeout | TimeoutError | socket.timeout):
+            return True
+        inner = next((arg for arg in getattr(current, "args", ()) if isinstance(arg, BaseException)), None)
+        current = inner or current.__cause__ or current.__context__
+    return False
+
+
+def _is_tls(exc: BaseException) -> bool:
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, SSLError | ssl.SSLError | ssl.CertificateError):
+            return True
+        inner = next((arg for arg in getattr(current, "args", ()) if isinstance(arg, BaseException)), None)
+        current = inner or current.__cause__ or current.__context__
+    return False
+
+
+def _translate(exc: BaseException, target: Target | None, deadline: _Deadline) -> LabelerError:
+    """A network exception from urllib3/the socket as the matching :class:`LabelerError`."""
+    if isinstance(exc, LabelerError):
+        return exc
+    where = f"{target.netloc}: " if target is not None else ""
+    if _is_tls(exc):
+        return ConnectionFailed(f"{where}TLS failure: {_reason(exc)}")
+    if _is_timeout(exc):
+        return DownloadTimeout(f"{where}no answer within the {deadline.seconds:g}-s download deadline")
+    if isinstance(exc, ProtocolError | Urllib3Error | http.client.HTTPException | OSError):
+        return ConnectionFailed(f"{where}connection failed: {_reason(exc)}")
+    if isinstance(exc, ValueError):  # e.g. a header line the parser refuses
+        return ConnectionFailed(f"{where}invalid HTTP response: {_reason(exc)}")
+    raise exc
