@@ -93,7 +93,9 @@ NAT64_WELL_KNOWN = _net("64:ff9b::/96")
 IPV4_TRANSLATED = _net("::ffff:0:0:0/96")
 
 _LABEL = re.compile(r"[a-z0-9_](?:[a-z0-9_-]{0,61}[a-z0-9_])?\Z")
-_FORBIDDEN_URL_CHARS = re.compile(r"[\x00-\x20\x7f]")
+# Control characters (CR/LF header injection, NUL, tabs) are refused anywhere; a space is refused in the scheme and
+# host (no valid host has one) and percent-encoded in the path and query, as browsers do ("my photo.jpg").
+_FORBIDDEN_URL_CHARS = re.compile(r"[\x00-\x1f\x7f]")
 _DIGITS = re.compile(r"[0-9]+\Z")
 _HEX = re.compile(r"0[xX][0-9a-fA-F]*\Z")
 # Characters left as they are in a request target; everything else (spaces, non-ASCII) is percent-encoded.
@@ -144,11 +146,13 @@ def parse_target(url: str) -> Target:
     if len(url) > MAX_URL_LENGTH:
         raise InvalidUrl(f"the URL is longer than {MAX_URL_LENGTH} characters")
     if _FORBIDDEN_URL_CHARS.search(url):
-        raise InvalidUrl("the URL contains whitespace or control characters")
+        raise InvalidUrl("the URL contains control characters")
     try:
         parts = urlsplit(url)
     except ValueError as exc:
         raise InvalidUrl(f"not a valid URL: {exc}") from None
+    if " " in parts.netloc:
+        raise InvalidUrl("the URL's host contains a space")
     scheme = parts.scheme.lower()
     if not scheme:
         raise InvalidUrl("the URL has no scheme (expected http:// or https://)")
@@ -326,7 +330,7 @@ class AddressPolicy:
             for embedded in embedded_ipv4(ip):
                 inner_reason = self._refusal(embedded)
                 if inner_reason is not None:
-                    reason = f"embeds {embedded}, {inner_reason}"
+                    reason = f"an address that embeds {embedded}, {inner_reason}"
                     break
         if reason is not None:
             shown = f"{address} ({ip})" if str(address) != str(ip) else str(ip)
