@@ -1,0 +1,565 @@
+"""template.yaml, samconfig, src/requirements.txt and events/: what must hold before anything is deployed.
+
+The raw template is read with cfn-lint's decoder; IAM is checked on SAM's transformed output, where
+the roles SAM generates (policy templates, destinations, managed policies) are visible.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import json
+import re
+import tomllib
+from dataclasses import MISSING, fields
+from pathlib import Path
+from typing import Any
+from urllib.parse import unquote_plus
+
+import pytest
+
+from labeler.models.settings import Settings
+from tests.infrastructure.conftest import ROOT
+
+FUNCTIONS = ("ManifestFunction", "WorkerFunction")
+BUCKETS = ("InputBucket", "OutputBucket", "AccessLogsBucket")
+QUEUES = ("FailureQueue", "WorkQueue", "WorkDeadLetterQueue")
+SETTINGS_FIELDS = {spec.name.upper(): spec for spec in fields(Settings)}
+# Actions that have no resource-level permissions, and may therefore name Resource "*".
+STAR_RESOURCE_ACTIONS = {"rekognition:DetectLabels"}
+ALLOWED_MANAGED_POLICIES = {
+    "service-role/AWSLambdaBasicExecutionRole",  # logs for the function (added by SAM)
+    "AWSXrayWriteOnlyAccess",  # Tracing: Active (added by SAM)
+}
+
+
+# --- helpers ---------------------------------------------------------------------------------------
+def resources(template: dict[str, Any], kind: str) -> dict[str, dict[str, Any]]:
+    return {name: res for name, res in template["Resources"].items() if res["Type"] == kind}
+
+
+def props(template: dict[str, Any], name: str) -> dict[str, Any]:
+    properties: dict[str, Any] = template["Resources"][name].get("Properties", {})
+    return properties
+
+
+def as_list(value: Any) -> list[Any]:
+    return value if isinstance(value, list) else [value]
+
+
+def mentions(expression: Any, logical_id: str) -> bool:
+    """Whether an intrinsic expression refers to ``logical_id`` (Ref, GetAtt, or ${Name...} in a Sub)."""
+    text = json.dumps(expression)
+    return (
+        f'{{"Ref": "{logical_id}"}}' in text
+        or f'"Fn::GetAtt": ["{logical_id}"' in text
+        or re.search(r"\$\{" + re.escape(logical_id) + r"[.}]", text) is not None
+    )
+
+
+def role_statements(transformed: dict[str, Any], function: str) -> list[dict[str, Any]]:
+    role = transformed["Resources"][f"{function}Role"]["Properties"]
+    return [statement for policy in role.get("Policies", []) for statement in policy["PolicyDocument"]["Statement"]]
+
+
+def allows(statements: list[dict[str, Any]], action: str, resource: str) -> bool:
+    """An Allow statement grants ``action`` on a resource expression that mentions ``resource``."""
+    return any(
+        statement["Effect"] == "Allow"
+        and action in as_list(statement["Action"])
+        and any(mentions(r, resource) for r in as_list(statement["Resource"]))
+        for statement in statements
+    )
+
+
+def output_prefixes_in_use() -> list[str]:
+    """The output-bucket prefixes of labeler.logic.keys that some code uses (not just defines)."""
+    from labeler.logic import keys
+
+    source = "\n".join(path.read_text(encoding="utf-8") for path in (ROOT / "src" / "labeler").rglob("*.py"))
+    used = [
+        getattr(keys, name).strip("/")
+        for name in dir(keys)
+        if name.endswith("_PREFIX") and len(re.findall(rf"\b{name}\b", source)) > 1
+    ]
+    assert {"results", "reports", "cache"} <= set(used)
+    return used
+
+
+def function_env(template: dict[str, Any], function: str) -> dict[str, Any]:
+    env = dict(template["Globals"]["Function"].get("Environment", {}).get("Variables", {}))
+    env.update(props(template, function).get("Environment", {}).get("Variables", {}))
+    return env
+
+
+def load_event(name: str) -> dict[str, Any]:
+    event: dict[str, Any] = json.loads((ROOT / "events" / name).read_text(encoding="utf-8"))
+    return event
+
+
+def pins(path: Path) -> dict[str, str]:
+    """``name -> ==version`` of a requirements file (comments and -r includes ignored)."""
+    found = {}
+    for line in path.read_text(encoding="utf-8").splitlines():
+        line = line.split("#", 1)[0].strip()
+        if not line or line.startswith("-"):
+            continue
+        match = re.fullmatch(r"([A-Za-z0-9_.-]+)(\[[^\]]*\])?\s*(==.+)", line)
+        assert match, f"{path.name}: not an exact pin: {line!r}"
+        found[match.group(1).lower()] = (match.group(2) or "") + match.group(3)
+    return found
+
+
+# --- buckets -------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("bucket", BUCKETS)
+def test_bucket_is_private_encrypted_and_acl_free(template: dict[str, Any], bucket: str) -> None:
+    p = props(template, bucket)
+    assert p["PublicAccessBlockConfiguration"] == {
+        "BlockPublicAcls": True,
+        "BlockPublicPolicy": True,
+        "IgnorePublicAcls": True,
+        "RestrictPublicBuckets": True,
+    }
+    rules = p["BucketEncryption"]["ServerSideEncryptionConfiguration"]
+    assert rules and all(r["ServerSideEncryptionByDefault"]["SSEAlgorithm"] in {"AES256", "aws:kms"} for r in rules)
+    assert p["OwnershipControls"]["Rules"] == [{"ObjectOwnership": "BucketOwnerEnforced"}]
+    assert "AccessControl" not in p
+    assert "WebsiteConfiguration" not in p
+
+
+def test_every_bucket_is_one_of_the_known_three(template: dict[str, Any]) -> None:
+    assert set(resources(template, "AWS::S3::Bucket")) == set(BUCKETS)
+
+
+@pytest.mark.parametrize("bucket", BUCKETS)
+def test_bucket_policy_denies_plain_http_for_bucket_and_objects(template: dict[str, Any], bucket: str) -> None:
+    policies = [p for p in resources(template, "AWS::S3::BucketPolicy").values() if mentions(p, bucket)]
+    policies = [p for p in policies if p["Properties"]["Bucket"] == {"Ref": bucket}]
+    assert len(policies) == 1, f"{bucket} needs exactly one bucket policy"
+    statements = policies[0]["Properties"]["PolicyDocument"]["Statement"]
+    deny = [
+        s
+        for s in statements
+        if s["Effect"] == "Deny" and s.get("Condition") == {"Bool": {"aws:SecureTransport": "false"}}
+    ]
+    assert deny, "no TLS-only statement"
+    assert deny[0]["Principal"] == "*" and deny[0]["Action"] in ("s3:*", ["s3:*"])
+    targets = json.dumps(deny[0]["Resource"])
+    assert f'"Fn::GetAtt": ["{bucket}", "Arn"]' in targets and f"${{{bucket}.Arn}}/*" in targets
+    for statement in statements:  # nothing is granted to everyone
+        if statement["Effect"] == "Allow":
+            assert statement["Principal"] not in ("*", {"AWS": "*"})
+
+
+def test_access_logs_are_delivered_only_for_our_buckets(template: dict[str, Any]) -> None:
+    for bucket, prefix in (("InputBucket", "input/"), ("OutputBucket", "output/")):
+        assert props(template, bucket)["LoggingConfiguration"] == {
+            "DestinationBucketName": {"Ref": "AccessLogsBucket"},
+            "LogFilePrefix": prefix,
+        }
+    # S3 server access logging accepts only SSE-S3 on the target bucket.
+    encryption = props(template, "AccessLogsBucket")["BucketEncryption"]["ServerSideEncryptionConfiguration"]
+    assert encryption[0]["ServerSideEncryptionByDefault"]["SSEAlgorithm"] == "AES256"
+    statements = props(template, "AccessLogsBucketPolicy")["PolicyDocument"]["Statement"]
+    delivery = [s for s in statements if s["Effect"] == "Allow"]
+    assert len(delivery) == 1
+    assert delivery[0]["Principal"] == {"Service": "logging.s3.amazonaws.com"}
+    assert delivery[0]["Action"] == "s3:PutObject"
+    assert delivery[0]["Condition"]["StringEquals"] == {"aws:SourceAccount": {"Ref": "AWS::AccountId"}}
+    sources = delivery[0]["Condition"]["ArnLike"]["aws:SourceArn"]
+    assert sources == [{"Fn::GetAtt": ["InputBucket", "Arn"]}, {"Fn::GetAtt": ["OutputBucket", "Arn"]}]
+
+
+def test_versioning_and_lifecycle(template: dict[str, Any]) -> None:
+    for bucket in ("InputBucket", "OutputBucket"):
+        p = props(template, bucket)
+        assert p["VersioningConfiguration"] == {"Status": "Enabled"}
+        rules = {rule["Id"]: rule for rule in p["LifecycleConfiguration"]["Rules"]}
+        assert rules["housekeeping"]["NoncurrentVersionExpiration"] == {
+            "NoncurrentDays": {"Ref": "NoncurrentVersionDays"}
+        }
+        assert "Prefix" not in rules["housekeeping"]
+    for bucket in BUCKETS:
+        rules = props(template, bucket)["LifecycleConfiguration"]["Rules"]
+        assert all(rule["Status"] == "Enabled" for rule in rules)
+        assert any("AbortIncompleteMultipartUpload" in rule and "Prefix" not in rule for rule in rules), bucket
+    output_rules = {rule["Id"]: rule for rule in props(template, "OutputBucket")["LifecycleConfiguration"]["Rules"]}
+    assert output_rules["expire-url-memos"]["Prefix"] == "cache/urls/"
+    assert output_rules["expire-url-memos"]["ExpirationInDays"] == {"Ref": "UrlMemoDays"}
+    assert output_rules["expire-label-cache"]["Prefix"] == "cache/labels/"
+    # results/ and reports/ are the team's data: no rule may expire them.
+    assert not any(rule.get("Prefix", "").startswith(("results", "reports")) for rule in output_rules.values())
+    logs = props(template, "AccessLogsBucket")["LifecycleConfiguration"]["Rules"]
+    assert logs[0]["ExpirationInDays"] == {"Ref": "AccessLogRetentionDays"}
+
+
+def test_bucket_names_are_deterministic_and_iam_names_the_input_bucket_without_a_ref(
+    template: dict[str, Any],
+) -> None:
+    for bucket, word in (("InputBucket", "input"), ("OutputBucket", "output")):
+        name = props(template, bucket)["BucketName"]["Fn::If"]
+        assert name[0] == "BucketNamesFromStackName"
+        assert name[1] == {"Fn::Sub": f"${{AWS::StackName}}-{word}-${{AWS::AccountId}}-${{AWS::Region}}"}
+        assert name[2] == {"Fn::Sub": f"${{BucketNamePrefix}}-{word}-${{AWS::AccountId}}-${{AWS::Region}}"}
+    # The bucket's notification depends on the function: its role must not Ref/GetAtt the bucket.
+    policies = props(template, "ManifestFunction")["Policies"]
+    assert not mentions(policies, "InputBucket")
+    assert "-input-${AWS::AccountId}-${AWS::Region}/*" in json.dumps(policies)
+    # Longest names still fit S3's 63 characters: 28-character prefix, 14-character region.
+    prefix = template["Parameters"]["BucketNamePrefix"]
+    assert re.fullmatch(prefix["AllowedPattern"], "a" * 28) and not re.fullmatch(prefix["AllowedPattern"], "a" * 29)
+    assert not re.fullmatch(prefix["AllowedPattern"], "Upper") and re.fullmatch(prefix["AllowedPattern"], "")
+    assert len("a" * 28 + "-output-123456789012-ap-southeast-2") <= 63
+
+
+# --- IAM -------------------------------------------------------------------------------------------------
+def test_no_full_access_or_wildcard_managed_policies(template: dict[str, Any], transformed: dict[str, Any]) -> None:
+    assert "FullAccess" not in (ROOT / "template.yaml").read_text(encoding="utf-8")
+    roles = resources(transformed, "AWS::IAM::Role")
+    assert set(roles) == {f"{f}Role" for f in FUNCTIONS}
+    for name, role in roles.items():
+        arns = role["Properties"].get("ManagedPolicyArns", [])
+        names = {json.dumps(arn).split(":policy/")[-1].rstrip('"]}') for arn in arns}
+        # e.g. no AWSLambdaSQSQueueExecutionRole, whose statements apply to every queue
+        assert names == ALLOWED_MANAGED_POLICIES, name
+
+
+@pytest.mark.parametrize("function", FUNCTIONS)
+def test_inline_statements_are_scoped(transformed: dict[str, Any], function: str) -> None:
+    for statement in role_statements(transformed, function):
+        assert statement["Effect"] == "Allow"
+        actions = set(as_list(statement["Action"]))
+        assert not any(a == "*" or a.endswith(":*") for a in actions), statement
+        if "*" in as_list(statement["Resource"]):
+            assert actions <= STAR_RESOURCE_ACTIONS, statement
+            assert statement["Resource"] == "*"
+
+
+@pytest.mark.parametrize("function", FUNCTIONS)
+def test_roles_allow_every_call_the_code_makes(transformed: dict[str, Any], function: str) -> None:
+    statements = role_statements(transformed, function)
+    # labeler.adapters.store: records, reports and the cache in the output bucket; HEAD of a
+    # missing key must answer 404 (needs s3:ListBucket), not 403.
+    for prefix in output_prefixes_in_use():
+        for action in ("s3:GetObject", "s3:PutObject"):
+            assert any(
+                s["Effect"] == "Allow"
+                and action in as_list(s["Action"])
+                and any(f"${{OutputBucket.Arn}}/{prefix}/*" in json.dumps(r) for r in as_list(s["Resource"]))
+                for s in statements
+            ), (action, prefix)
+    assert allows(statements, "s3:ListBucket", "OutputBucket")
+    # labeler.adapters.progress and Powertools idempotency (TransactWriteItems needs the item actions).
+    for action in ("GetItem", "PutItem", "UpdateItem", "DeleteItem", "ConditionCheckItem"):
+        assert allows(statements, f"dynamodb:{action}", "StateTable"), action
+    assert allows(statements, "rekognition:DetectLabels", "*") or any(
+        "rekognition:DetectLabels" in as_list(s["Action"]) and s["Resource"] == "*" for s in statements
+    )
+    granted = {action for s in statements for action in as_list(s["Action"])}
+    assert not granted & {"dynamodb:Scan", "dynamodb:Query", "dynamodb:BatchWriteItem", "s3:DeleteObject"}
+
+
+def test_manifest_role(transformed: dict[str, Any]) -> None:
+    statements = role_statements(transformed, "ManifestFunction")
+    text = json.dumps(statements)
+    for action in ("s3:GetObject", "s3:GetObjectVersion"):  # the event's version of the manifest
+        assert any(
+            action in as_list(s["Action"]) and "-input-${AWS::AccountId}-${AWS::Region}/*" in json.dumps(s["Resource"])
+            for s in statements
+        ), action
+    assert "s3:PutObject" not in json.dumps([s for s in statements if "-input-" in json.dumps(s["Resource"])])
+    assert allows(statements, "sqs:SendMessage", "WorkQueue")  # SendMessageBatch
+    assert allows(statements, "sqs:SendMessage", "FailureQueue")  # the OnFailure destination (SAM adds it)
+    assert "sqs:ReceiveMessage" not in text
+
+
+def test_worker_role(transformed: dict[str, Any]) -> None:
+    statements = role_statements(transformed, "WorkerFunction")
+    for action in ("sqs:ReceiveMessage", "sqs:DeleteMessage", "sqs:GetQueueAttributes", "sqs:ChangeMessageVisibility"):
+        assert allows(statements, action, "WorkQueue"), action
+    assert allows(statements, "sqs:SendMessage", "WorkDeadLetterQueue")  # the reason-tagged copy
+    assert not allows(statements, "sqs:SendMessage", "WorkQueue")
+    assert "-input-" not in json.dumps(statements)  # work batches carry their entries
+
+
+# --- functions and events ------------------------------------------------------------------------------
+def test_globals(template: dict[str, Any]) -> None:
+    glob = template["Globals"]["Function"]
+    assert glob["Runtime"] == "python3.12"
+    assert glob["Architectures"] == ["x86_64"]
+    assert glob["Tracing"] == "Active"
+    assert glob["CodeUri"] == "src/"
+    assert glob["MemorySize"] == {"Ref": "FunctionMemory"}
+    assert template["Parameters"]["FunctionMemory"]["Default"] == 1769
+
+
+@pytest.mark.parametrize("function", FUNCTIONS)
+def test_handler_resolves_to_a_function(template: dict[str, Any], function: str) -> None:
+    module_name, _, attribute = props(template, function)["Handler"].rpartition(".")
+    handler = getattr(importlib.import_module(module_name), attribute)
+    assert callable(handler)
+
+
+def test_handlers_are_the_documented_ones(template: dict[str, Any]) -> None:
+    assert props(template, "ManifestFunction")["Handler"] == "labeler.handlers.manifest_created.handler"
+    assert props(template, "WorkerFunction")["Handler"] == "labeler.handlers.work_batch.handler"
+
+
+def test_manifest_function_is_triggered_by_json_and_jsonl_uploads(template: dict[str, Any]) -> None:
+    events = props(template, "ManifestFunction")["Events"]
+    suffixes = set()
+    for event in events.values():
+        assert event["Type"] == "S3"
+        assert event["Properties"]["Bucket"] == {"Ref": "InputBucket"}
+        assert event["Properties"]["Events"] == "s3:ObjectCreated:*"
+        rules = event["Properties"]["Filter"]["S3Key"]["Rules"]
+        assert [rule["Name"] for rule in rules] == ["suffix"]
+        suffixes.add(rules[0]["Value"])
+    assert suffixes == {".json", ".jsonl"}
+    assert len(events) == 2
+
+
+def test_manifest_function_async_failures_and_concurrency(template: dict[str, Any]) -> None:
+    p = props(template, "ManifestFunction")
+    assert p["EventInvokeConfig"]["MaximumRetryAttempts"] == 2
+    assert p["EventInvokeConfig"]["DestinationConfig"]["OnFailure"] == {
+        "Type": "SQS",
+        "Destination": {"Fn::GetAtt": ["FailureQueue", "Arn"]},
+    }
+    assert p["ReservedConcurrentExecutions"]["Fn::If"][1] == {"Ref": "ManifestReservedConcurrency"}
+    assert p["ReservedConcurrentExecutions"]["Fn::If"][2] == {"Ref": "AWS::NoValue"}  # 0 = unreserved, not throttled
+    assert "Timeout" not in p  # Globals: FunctionTimeout
+    assert template["Globals"]["Function"]["Timeout"] == {"Ref": "FunctionTimeout"}
+    assert template["Parameters"]["FunctionTimeout"]["Default"] == 900
+    assert template["Parameters"]["FunctionTimeout"]["MaxValue"] == 900
+
+
+def test_worker_consumes_the_work_queue_one_message_at_a_time(
+    template: dict[str, Any], transformed: dict[str, Any]
+) -> None:
+    assert "Events" not in props(template, "WorkerFunction")  # see the template: no SAM SQS event on purpose
+    mappings = resources(transformed, "AWS::Lambda::EventSourceMapping")
+    assert len(mappings) == 1
+    mapping = next(iter(mappings.values()))["Properties"]
+    assert mapping["EventSourceArn"] == {"Fn::GetAtt": ["WorkQueue", "Arn"]}
+    assert mapping["FunctionName"] == {"Ref": "WorkerFunction"}
+    assert mapping["BatchSize"] == 1
+    assert mapping["FunctionResponseTypes"] == ["ReportBatchItemFailures"]
+    assert mapping["ScalingConfig"] == {"MaximumConcurrency": {"Ref": "WorkerMaxConcurrency"}}
+    assert template["Parameters"]["WorkerMaxConcurrency"]["MinValue"] == 2
+    assert template["Parameters"]["WorkerMaxConcurrency"]["Default"] == 10
+
+
+def test_redrive_and_visibility(template: dict[str, Any]) -> None:
+    work = props(template, "WorkQueue")
+    assert work["RedrivePolicy"] == {
+        "deadLetterTargetArn": {"Fn::GetAtt": ["WorkDeadLetterQueue", "Arn"]},
+        "maxReceiveCount": {"Ref": "MaxReceiveCount"},
+    }
+    assert template["Parameters"]["MaxReceiveCount"]["Default"] == 3
+    assert function_env(template, "WorkerFunction")["MAX_RECEIVE_COUNT"] == {"Ref": "MaxReceiveCount"}
+    # Visibility timeout >= 6 x the worker's timeout (AWS guidance for SQS event sources), for every choice.
+    assert work["VisibilityTimeout"] == {
+        "Fn::FindInMap": ["WorkQueueSettings", "VisibilityTimeout", {"Ref": "WorkerTimeout"}]
+    }
+    assert props(template, "WorkerFunction")["Timeout"] == {"Ref": "WorkerTimeout"}
+    table = template["Mappings"]["WorkQueueSettings"]["VisibilityTimeout"]
+    allowed = template["Parameters"]["WorkerTimeout"]["AllowedValues"]
+    assert {str(v) for v in allowed} == set(table)
+    for timeout, visibility in table.items():
+        assert 6 * int(timeout) <= visibility <= 43200
+        assert int(timeout) <= 900
+    assert template["Parameters"]["WorkerTimeout"]["Default"] in allowed
+
+
+@pytest.mark.parametrize("queue", QUEUES)
+def test_queues_are_encrypted_and_tls_only(template: dict[str, Any], queue: str) -> None:
+    p = props(template, queue)
+    assert p.get("SqsManagedSseEnabled") is True or "KmsMasterKeyId" in p
+    policy = props(template, "QueuesTlsOnlyPolicy")
+    assert {"Ref": queue} in policy["Queues"]
+    statement = policy["PolicyDocument"]["Statement"][0]
+    assert statement["Effect"] == "Deny" and statement["Condition"] == {"Bool": {"aws:SecureTransport": "false"}}
+    assert {"Fn::GetAtt": [queue, "Arn"]} in statement["Resource"]
+
+
+def test_dead_letter_queues_keep_messages_14_days(template: dict[str, Any]) -> None:
+    fourteen_days = 14 * 24 * 3600
+    assert props(template, "FailureQueue")["MessageRetentionPeriod"] == fourteen_days
+    assert props(template, "WorkDeadLetterQueue")["MessageRetentionPeriod"] == fourteen_days
+    # A moved message keeps its original enqueue time: the DLQ must keep messages longer than the source.
+    assert props(template, "WorkQueue")["MessageRetentionPeriod"] < fourteen_days
+
+
+def test_state_table(template: dict[str, Any]) -> None:
+    p = props(template, "StateTable")
+    assert p["BillingMode"] == "PAY_PER_REQUEST"
+    assert p["KeySchema"] == [{"AttributeName": "id", "KeyType": "HASH"}]
+    assert p["AttributeDefinitions"] == [{"AttributeName": "id", "AttributeType": "S"}]
+    # Powertools idempotency's default attribute names: key "id", expiry "expiration".
+    assert p["TimeToLiveSpecification"] == {"AttributeName": "expiration", "Enabled": True}
+    assert p["PointInTimeRecoverySpecification"] == {"PointInTimeRecoveryEnabled": True}
+    assert p["SSESpecification"]["SSEEnabled"] is True
+
+
+@pytest.mark.parametrize("function", FUNCTIONS)
+def test_each_function_logs_to_its_own_group_with_retention(template: dict[str, Any], function: str) -> None:
+    group = props(template, function)["LoggingConfig"]["LogGroup"]["Ref"]
+    assert template["Resources"][group]["Type"] == "AWS::Logs::LogGroup"
+    assert props(template, group)["RetentionInDays"] == {"Ref": "LogRetentionDays"}
+
+
+def test_outputs(template: dict[str, Any]) -> None:
+    assert set(template["Outputs"]) >= {
+        "InputBucketName",
+        "OutputBucketName",
+        "ManifestFunctionArn",
+        "WorkerFunctionArn",
+        "WorkQueueUrl",
+        "WorkDeadLetterQueueUrl",
+        "FailureQueueUrl",
+        "StateTableName",
+    }
+
+
+def test_checkov_skips_carry_a_reason(template: dict[str, Any]) -> None:
+    for name, resource in template["Resources"].items():
+        for skip in resource.get("Metadata", {}).get("checkov", {}).get("skip", []):
+            assert re.fullmatch(r"CKV2?_AWS_\d+", skip["id"]), (name, skip)
+            assert len(skip.get("comment", "")) > 20, (name, skip)
+
+
+# --- environment = Settings -----------------------------------------------------------------------------
+@pytest.mark.parametrize("function", FUNCTIONS)
+def test_env_vars_are_settings_fields_or_powertools(template: dict[str, Any], function: str) -> None:
+    env = function_env(template, function)
+    unknown = {name for name in env if name not in SETTINGS_FIELDS and not name.startswith("POWERTOOLS_")}
+    assert not unknown, f"not a Settings field: {sorted(unknown)}"
+    required = {name for name, spec in SETTINGS_FIELDS.items() if spec.default is MISSING}
+    required |= {"WORK_QUEUE_URL", "STATE_TABLE", "DEAD_LETTER_QUEUE_URL"}  # fan-out is off without them
+    assert required <= set(env)
+    assert env["OUTPUT_BUCKET"] == {"Ref": "OutputBucket"}
+    assert env["ALLOW_PRIVATE_NETWORKS"] == "false"
+    assert env["LABEL_BACKEND"] == "rekognition"
+    assert {"POWERTOOLS_SERVICE_NAME", "POWERTOOLS_METRICS_NAMESPACE", "POWERTOOLS_LOG_LEVEL"} <= set(env)
+
+
+def test_parameter_defaults_agree_with_settings_defaults(template: dict[str, Any]) -> None:
+    """A deploy with default parameters behaves as the README's settings table says."""
+    differ_on_purpose = {"REKOGNITION_TPS_SHARE"}  # 1 locally; the template shares the quota
+    checked = 0
+    for name, value in function_env(template, "ManifestFunction").items():
+        if name in differ_on_purpose or name not in SETTINGS_FIELDS or not (isinstance(value, dict) and "Ref" in value):
+            continue
+        parameter = template["Parameters"].get(value["Ref"])
+        if parameter is None:
+            continue
+        default = SETTINGS_FIELDS[name].default
+        assert float(parameter["Default"]) == float(default), (name, parameter["Default"], default)
+        checked += 1
+    assert checked >= 9
+
+
+def test_parsed_settings_from_template_defaults_validate(template: dict[str, Any]) -> None:
+    env = {}
+    for name, value in function_env(template, "WorkerFunction").items():
+        if isinstance(value, dict) and "Ref" in value and value["Ref"] in template["Parameters"]:
+            value = template["Parameters"][value["Ref"]]["Default"]
+        elif isinstance(value, dict):
+            value = f"resolved-{name.lower()}"
+        env[name] = str(value)
+    settings = Settings.from_env(env)
+    assert settings.rekognition_tps_share == 15 and settings.max_receive_count == 3
+
+
+def test_rekognition_share_default_covers_both_functions(template: dict[str, Any]) -> None:
+    parameters = template["Parameters"]
+    share = parameters["RekognitionTpsShare"]["Default"]
+    assert share == parameters["WorkerMaxConcurrency"]["Default"] + parameters["ManifestReservedConcurrency"]["Default"]
+
+
+# --- packaging ------------------------------------------------------------------------------------------
+def test_packaged_requirements_match_the_project(template: dict[str, Any]) -> None:
+    packaged = pins(ROOT / "src" / "requirements.txt")
+    runtime = pins(ROOT / "requirements.txt")
+    dev = pins(ROOT / "requirements-dev.txt")
+    assert {k: v for k, v in packaged.items() if k != "boto3"} == runtime
+    assert packaged["boto3"] == dev["boto3"]  # see src/requirements.txt: keeps the packaged botocore matched
+
+
+def test_samconfig() -> None:
+    config = tomllib.loads((ROOT / "samconfig.toml").read_text(encoding="utf-8"))
+    assert config["version"] == 0.1
+    deploy = config["default"]["deploy"]["parameters"]
+    assert deploy["stack_name"] == "s3-image-labeler"
+    assert deploy["capabilities"] == "CAPABILITY_IAM"
+    assert deploy["confirm_changeset"] is True and deploy["resolve_s3"] is True
+    assert config["default"]["build"]["parameters"] == {"cached": True, "parallel": True}
+    assert config["default"]["validate"]["parameters"]["lint"] is True
+
+
+# --- sample events -----------------------------------------------------------------------------------------
+EVENT_KEYS = {
+    "s3-put-manifest.json": ["manifests/sample.json"],
+    "s3-put-key-with-space-and-plus.json": ["manifests/holiday photos+2024.json"],
+    "s3-put-two-records.json": ["manifests/cats.json", "manifests/dogs.jsonl"],
+}
+
+
+def test_every_event_file_is_known_and_parses() -> None:
+    names = {path.name for path in (ROOT / "events").glob("*.json")}
+    assert names == {*EVENT_KEYS, "sqs-work-batch.json", "s3-test-event.json"}
+    for name in names:
+        load_event(name)
+
+
+@pytest.mark.parametrize("name", sorted(EVENT_KEYS))
+def test_s3_events_decode_to_the_intended_keys(name: str) -> None:
+    from aws_lambda_powertools.utilities.data_classes import S3Event
+
+    event = load_event(name)
+    records = event["Records"]
+    assert [unquote_plus(r["s3"]["object"]["key"]) for r in records] == EVENT_KEYS[name]
+    for record, parsed in zip(records, S3Event(event).records, strict=True):
+        assert record["eventSource"] == "aws:s3" and record["eventName"].startswith("ObjectCreated:")
+        assert parsed.s3.bucket.name == "s3-image-labeler-input-example"
+        s3_object = parsed.s3.get_object
+        assert s3_object.version_id and s3_object.sequencer and s3_object.etag  # the input bucket is versioned
+        assert unquote_plus(s3_object.key).endswith((".json", ".jsonl"))  # what the suffix filters let through
+    assert len({r["s3"]["object"]["sequencer"] for r in records}) == len(records)
+
+
+@pytest.mark.parametrize("name", sorted(EVENT_KEYS))
+def test_the_handler_reads_the_intended_manifests_from_s3_events(name: str) -> None:
+    from aws_lambda_powertools.utilities.data_classes import S3Event
+
+    from labeler.handlers.manifest_created import manifest_ref
+
+    refs = [manifest_ref(record) for record in S3Event(load_event(name)).records]
+    assert [ref.key for ref in refs] == EVENT_KEYS[name]
+    assert all(ref.version_id and ref.sequencer for ref in refs)
+    assert len({ref.run_id for ref in refs}) == len(refs)
+
+
+def test_key_with_space_and_plus_is_encoded_as_s3_encodes_it() -> None:
+    record = load_event("s3-put-key-with-space-and-plus.json")["Records"][0]
+    assert record["s3"]["object"]["key"] == "manifests/holiday+photos%2B2024.json"
+
+
+def test_s3_test_event_has_no_records() -> None:
+    event = load_event("s3-test-event.json")
+    assert event["Event"] == "s3:TestEvent" and "Records" not in event
+
+
+def test_sqs_event_carries_a_work_batch() -> None:
+    from labeler.logic.fanout import WorkBatch
+
+    event = load_event("sqs-work-batch.json")
+    (record,) = event["Records"]
+    assert record["eventSource"] == "aws:sqs"
+    assert record["md5OfBody"] == hashlib.md5(record["body"].encode()).hexdigest()
+    body = json.loads(record["body"])
+    batch = WorkBatch.from_message(body)
+    assert batch.to_message() == body
+    assert batch.entries and batch.manifest.key.endswith((".json", ".jsonl"))
+    assert int(record["attributes"]["ApproximateReceiveCount"]) >= 1
