@@ -9,12 +9,19 @@ writes the final report, so the report is written exactly once, whatever the fan
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from typing import Any
 
 from labeler.logic.report import Tally
 
 _COUNTERS = ("succeeded", "failed", "labels_from_cache", "not_modified", "already_done")
+# Progress items outlive any run by far; the table's TTL (attribute ``expiration``) then removes them.
+PROGRESS_TTL_SECONDS = 30 * 24 * 3600
+
+
+def _expiration() -> dict[str, str]:
+    return {"N": str(int(time.time()) + PROGRESS_TTL_SECONDS)}
 
 
 @dataclass(frozen=True)
@@ -40,6 +47,7 @@ class ProgressTable:
         names = {f"#{name}": name for name in _COUNTERS}
         values: dict[str, Any] = {f":{name}": {"N": str(getattr(tally, name))} for name in _COUNTERS}
         values[":one"] = {"N": "1"}
+        values[":expiration"] = _expiration()
         parts = ["batches_done :one", *(f"#{name} :{name}" for name in _COUNTERS)]
         for number, (code, count) in enumerate(sorted(tally.errors_by_code.items())):
             names[f"#e{number}"] = f"err_{code}"
@@ -51,7 +59,7 @@ class ProgressTable:
                     {
                         "Put": {
                             "TableName": self.table,
-                            "Item": {"id": {"S": f"run#{run_key}#batch#{batch_index}"}},
+                            "Item": {"id": {"S": f"run#{run_key}#batch#{batch_index}"}, "expiration": _expiration()},
                             "ConditionExpression": "attribute_not_exists(id)",
                         }
                     },
@@ -59,7 +67,7 @@ class ProgressTable:
                         "Update": {
                             "TableName": self.table,
                             "Key": self._run_id(run_key),
-                            "UpdateExpression": "ADD " + ", ".join(parts),
+                            "UpdateExpression": "ADD " + ", ".join(parts) + " SET expiration = :expiration",
                             "ExpressionAttributeNames": names,
                             "ExpressionAttributeValues": values,
                         }
@@ -80,9 +88,13 @@ class ProgressTable:
         self.client.update_item(
             TableName=self.table,
             Key=self._run_id(run_key),
-            UpdateExpression="SET batch_count = :n, #plan = :plan",
+            UpdateExpression="SET batch_count = :n, #plan = :plan, expiration = :expiration",
             ExpressionAttributeNames={"#plan": "plan"},
-            ExpressionAttributeValues={":n": {"N": str(batch_count)}, ":plan": {"S": json.dumps(plan)}},
+            ExpressionAttributeValues={
+                ":n": {"N": str(batch_count)},
+                ":plan": {"S": json.dumps(plan)},
+                ":expiration": _expiration(),
+            },
         )
 
     def read(self, run_key: str) -> RunProgress:

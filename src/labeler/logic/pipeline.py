@@ -310,8 +310,9 @@ def _reuse_not_modified(
 
 def record_rejected(services: Services, manifest: ManifestRef, rejected: RejectedEntry) -> EntryOutcome:
     """Store the error record of an entry that could not even be attempted (bad shape, duplicate id)."""
-    duplicate = rejected.error.code == "duplicate_id"
-    key = result_key(manifest, rejected.image_id, duplicate_index=rejected.index if duplicate else None)
+    # Keyed by position too: a rejected entry may share its id with the entry that holds it (duplicates,
+    # or a broken entry whose id a later good entry uses), and must never overwrite that entry's record.
+    key = result_key(manifest, rejected.image_id, duplicate_index=rejected.index)
     record = ResultRecord(image_id=rejected.image_id, url=rejected.url, error=rejected.error)
     record.metadata.update(_record_metadata(manifest, rejected.index))
     record.metadata["processed_at"] = utc_now()
