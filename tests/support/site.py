@@ -17,6 +17,7 @@ route                             behaviour
 /huge-declared                    Content-Length 10 GB, then a few bytes
 /endless-chunked                  chunked zeros until the client goes away
 /trickle                          image/jpeg headers, then one byte every 0.5 s
+/trickle-headers                  a header line that grows by one byte every 0.2 s, forever
 /never-answers                    reads the request, answers nothing until the client goes away
 /reset-connection                 reads the request, closes the connection with a TCP reset
 /chunked-photo.jpg                /photo.jpg's bytes, sent chunked (no Content-Length)
@@ -63,6 +64,7 @@ class Site:
             "/huge-declared": _huge_declared,
             "/endless-chunked": _endless_chunked,
             "/trickle": _trickle,
+            "/trickle-headers": _trickle_headers,
             "/never-answers": _never_answers,
             "/reset-connection": _reset_connection,
             "/chunked-photo.jpg": _chunked_photo,
@@ -283,3 +285,10 @@ def _redirect_chain(hops: int) -> RouteHandler:
         _redirect(request, location, REDIRECT_STATUSES[hops % len(REDIRECT_STATUSES)])
 
     return handler
+
+
+def _trickle_headers(handler: BaseHTTPRequestHandler) -> None:
+    """A status line, then one header whose value arrives one byte every 0.2 s: slowloris, from the server."""
+    handler.wfile.write(b"HTTP/1.1 200 OK\r\nContent-Type: image/jpeg\r\nX-Slow: ")
+    while not _stopping(handler).wait(0.2):
+        handler.wfile.write(b"a")

@@ -27,7 +27,9 @@ NotModified(final_url='https://images.example/cat.jpg', ...)
 from __future__ import annotations
 
 import contextlib
+import heapq
 import http.client
+import itertools
 import socket
 import ssl
 import threading
@@ -41,6 +43,7 @@ from typing import Any
 from urllib.parse import urljoin
 
 import urllib3
+from urllib3.connection import HTTPConnection, HTTPSConnection
 from urllib3.exceptions import (
     ClosedPoolError,
     NewConnectionError,
@@ -137,6 +140,9 @@ class _Deadline:
         self.seconds = seconds
         self.ends = time.monotonic() + seconds
 
+    def expired(self) -> bool:
+        return time.monotonic() >= self.ends
+
     def remaining(self, doing: str) -> float:
         """Seconds left; raises :class:`DownloadTimeout` when none are."""
         left = self.ends - time.monotonic()
@@ -145,7 +151,140 @@ class _Deadline:
         return left
 
 
+# --- the hard deadline ------------------------------------------------------------------------------------
+# Socket timeouts bound each wait, not their sum: a server that trickles its status line or headers one
+# byte at a time would never trip them. So every fetch also registers a guard with one watchdog thread,
+# which shuts down the socket the fetch is using once its deadline has passed (the blocked read then fails
+# at once, and the failure is reported as a timeout). A connection leaves the guard when it goes back to
+# the pool, so the watchdog never touches a socket another fetch may be using.
+_local = threading.local()
+
+
+class _Guard:
+    def __init__(self, ends: float) -> None:
+        self.ends = ends
+        self._lock = threading.Lock()
+        self._sock: socket.socket | None = None
+        self._done = False
+        self.expired = False
+
+    def attach(self, sock: socket.socket | None) -> None:
+        if sock is None:
+            return
+        with self._lock:
+            if self._done:
+                return
+            self._sock = sock
+            if self.expired:
+                _shutdown(sock)
+
+    def detach(self) -> None:
+        with self._lock:
+            self._sock = None
+
+    def expire(self) -> None:
+        with self._lock:
+            if self._done:
+                return
+            self.expired = True
+            if self._sock is not None:
+                _shutdown(self._sock)
+
+    def finish(self) -> None:
+        with self._lock:
+            self._done, self._sock = True, None
+
+
+def _shutdown(sock: socket.socket) -> None:
+    with contextlib.suppress(OSError):  # already closed
+        sock.shutdown(socket.SHUT_RDWR)
+
+
+class _Watchdog:
+    """One daemon thread for the whole process: expires guards when their deadline passes."""
+
+    def __init__(self) -> None:
+        self._condition = threading.Condition()
+        self._heap: list[tuple[float, int, _Guard]] = []
+        self._order = itertools.count()
+        self._thread: threading.Thread | None = None
+
+    def watch(self, guard: _Guard) -> None:
+        with self._condition:
+            heapq.heappush(self._heap, (guard.ends, next(self._order), guard))
+            if self._thread is None or not self._thread.is_alive():
+                self._thread = threading.Thread(target=self._run, name="fetch-deadlines", daemon=True)
+                self._thread.start()
+            self._condition.notify()
+
+    def _run(self) -> None:
+        while True:
+            with self._condition:
+                while not self._heap:
+                    self._condition.wait()
+                wait = self._heap[0][0] - time.monotonic()
+                if wait > 0:
+                    self._condition.wait(wait)
+                    continue
+                guard = heapq.heappop(self._heap)[2]
+            guard.expire()
+
+
+_WATCHDOG = _Watchdog()
+
+
+def _current_guard() -> _Guard | None:
+    return getattr(_local, "guard", None)
+
+
+class _GuardedConnectionMixin:
+    """Hands the socket in use to the current fetch's guard (new connections and reused ones)."""
+
+    sock: socket.socket | None
+
+    def _new_conn(self) -> socket.socket:
+        sock: socket.socket = super()._new_conn()  # type: ignore[misc]
+        guard = _current_guard()
+        if guard is not None:
+            guard.attach(sock)  # covers connecting and the TLS handshake
+        return sock
+
+    def request(self, *args: Any, **kwargs: Any) -> None:
+        guard = _current_guard()
+        if guard is not None:
+            guard.attach(self.sock)  # the socket (TLS-wrapped if https) that headers and body come through
+        super().request(*args, **kwargs)  # type: ignore[misc]
+
+
+class _GuardedHTTPConnection(_GuardedConnectionMixin, HTTPConnection):
+    pass
+
+
+class _GuardedHTTPSConnection(_GuardedConnectionMixin, HTTPSConnection):
+    pass
+
+
+class _GuardedPoolMixin:
+    def _put_conn(self, conn: Any) -> None:
+        guard = _current_guard()
+        if guard is not None:
+            guard.detach()  # back in the pool: no longer this fetch's to kill
+        super()._put_conn(conn)  # type: ignore[misc]
+
+
+class _HTTPPool(_GuardedPoolMixin, urllib3.HTTPConnectionPool):
+    ConnectionCls = _GuardedHTTPConnection
+
+
+class _HTTPSPool(_GuardedPoolMixin, urllib3.HTTPSConnectionPool):
+    ConnectionCls = _GuardedHTTPSConnection
+
+
 _PoolKey = tuple[str, str, int, str]
+
+
+class _CannotConnect(Exception):
+    """One address refused the connection (or could not be reached); the next one may be tried."""
 
 
 class ImageFetcher:
@@ -185,10 +324,22 @@ class ImageFetcher:
             if validators.last_modified:
                 headers["If-Modified-Since"] = validators.last_modified
         target = self._parse(url)
+        guard = _Guard(deadline.ends)
+        _WATCHDOG.watch(guard)
+        previous, _local.guard = _current_guard(), guard
+        try:
+            return self._fetch_all(target, headers, validators is not None, deadline)
+        finally:
+            guard.finish()
+            _local.guard = previous
+
+    def _fetch_all(
+        self, target: Target, headers: dict[str, str], conditional: bool, deadline: _Deadline
+    ) -> FetchedImage | NotModified:
         visited = [target.url]
         while True:
             try:
-                outcome = self._fetch_hop(target, headers, validators is not None, deadline)
+                outcome = self._fetch_hop(target, headers, conditional, deadline)
             except LabelerError as exc:
                 if len(visited) > 1:  # say where the redirects led
                     raise type(exc)(f"{exc.message} (redirected to {target.url})", **exc.details) from None
@@ -282,7 +433,10 @@ class ImageFetcher:
 
     def _resolve(self, host: str, port: int, deadline: _Deadline) -> list[str]:
         """Ask the resolver once, within the deadline (``getaddrinfo`` itself cannot be given a timeout)."""
-        future = self._resolver_pool().submit(self._resolver, host, port)
+        try:
+            future = self._resolver_pool().submit(self._resolver, host, port)
+        except RuntimeError:  # close() shut the pool down between our getting it and submitting
+            future = self._resolver_pool().submit(self._resolver, host, port)
         try:
             answers = future.result(timeout=deadline.remaining(f"resolving {host}"))
         except FutureTimeout:
@@ -305,16 +459,13 @@ class ImageFetcher:
     ) -> urllib3.BaseHTTPResponse:
         """Send the GET to the first address that accepts a connection; return the response (body unread)."""
         request_headers = {**headers, "Host": target.netloc}
-        failure: LabelerError | None = None
+        failures: list[str] = []
         for ip in addresses:
             try:
                 return self._request_one(target, ip, request_headers, deadline)
-            except ConnectionFailed as exc:
-                if not exc.details.get("connect"):
-                    raise
-                failure = exc  # this address refused or is unreachable: try the next one
-        assert failure is not None
-        raise failure
+            except _CannotConnect as exc:
+                failures.append(str(exc))  # this address refused or is unreachable: try the next one
+        raise ConnectionFailed(f"cannot connect to {target.netloc}: {'; '.join(failures)}")
 
     def _request_one(
         self, target: Target, ip: IPAddress, headers: dict[str, str], deadline: _Deadline
@@ -339,9 +490,9 @@ class ImageFetcher:
                 if attempt:  # closed under us twice (close() racing with fetches): give up
                     raise ConnectionFailed(f"{target.netloc}: the fetcher was closed") from None
             except NewConnectionError as exc:
-                raise ConnectionFailed(
-                    f"cannot connect to {target.netloc} ({ip}): {_reason(exc)}", connect=True
-                ) from None
+                if deadline.expired():
+                    raise _translate(exc, target, deadline) from None
+                raise _CannotConnect(f"{ip}: {_reason(exc)}") from None
             except Exception as exc:
                 raise _translate(exc, target, deadline) from None
         raise AssertionError("unreachable")
@@ -410,7 +561,7 @@ def _new_pool(target: Target, ip: IPAddress) -> urllib3.HTTPConnectionPool:
     common: dict[str, Any] = {"maxsize": POOL_MAXSIZE, "block": False, "retries": False}
     if target.scheme == "https":
         # Connect to the checked address; SNI and the certificate check use the name from the URL.
-        return urllib3.HTTPSConnectionPool(
+        return _HTTPSPool(
             str(ip),
             target.port,
             server_hostname=target.host,
@@ -418,7 +569,7 @@ def _new_pool(target: Target, ip: IPAddress) -> urllib3.HTTPConnectionPool:
             cert_reqs="CERT_REQUIRED",
             **common,
         )
-    return urllib3.HTTPConnectionPool(str(ip), target.port, **common)
+    return _HTTPPool(str(ip), target.port, **common)
 
 
 def _with_redirects(outcome: FetchedImage | NotModified, redirects: tuple[str, ...]) -> FetchedImage | NotModified:
@@ -497,6 +648,8 @@ def _translate(exc: BaseException, target: Target | None, deadline: _Deadline) -
     if isinstance(exc, LabelerError):
         return exc
     where = f"{target.netloc}: " if target is not None else ""
+    if deadline.expired():  # whatever broke, it broke because the deadline passed (the watchdog cut the socket)
+        return DownloadTimeout(f"{where}the download took longer than {deadline.seconds:g} s")
     if _is_tls(exc):
         return ConnectionFailed(f"{where}TLS failure: {_reason(exc)}")
     if _is_timeout(exc):

@@ -66,6 +66,7 @@ class _Static:
 class _HTTPServer(ThreadingHTTPServer):
     daemon_threads = True
     allow_reuse_address = True
+    request_queue_size = 128  # socketserver's default of 5 drops SYNs under 16 parallel clients (1-s retransmits)
 
     def __init__(self, address: tuple[str, int], owner: LoopbackServer) -> None:
         self.owner = owner
