@@ -18,6 +18,7 @@ route                             behaviour
 /endless-chunked                  chunked zeros until the client goes away
 /trickle                          image/jpeg headers, then one byte every 0.5 s
 /trickle-headers                  a header line that grows by one byte every 0.2 s, forever
+/slow-404                         a 404 whose 1000-byte body trickles at one byte every 0.5 s
 /never-answers                    reads the request, answers nothing until the client goes away
 /reset-connection                 reads the request, closes the connection with a TCP reset
 /chunked-photo.jpg                /photo.jpg's bytes, sent chunked (no Content-Length)
@@ -65,6 +66,7 @@ class Site:
             "/endless-chunked": _endless_chunked,
             "/trickle": _trickle,
             "/trickle-headers": _trickle_headers,
+            "/slow-404": _slow_404,
             "/never-answers": _never_answers,
             "/reset-connection": _reset_connection,
             "/chunked-photo.jpg": _chunked_photo,
@@ -83,6 +85,8 @@ class Site:
 
     def start(self) -> Site:
         self.server.start()
+        # /big.png takes about a second to build: build it now, in the background, not on a timed request.
+        threading.Thread(target=big_png, name="build-big-png", daemon=True).start()
         return self
 
     def stop(self) -> None:
@@ -292,3 +296,12 @@ def _trickle_headers(handler: BaseHTTPRequestHandler) -> None:
     handler.wfile.write(b"HTTP/1.1 200 OK\r\nContent-Type: image/jpeg\r\nX-Slow: ")
     while not _stopping(handler).wait(0.2):
         handler.wfile.write(b"a")
+
+
+def _slow_404(handler: BaseHTTPRequestHandler) -> None:
+    """A 404 whose (declared, small) body arrives one byte every 0.5 s."""
+    _headers(handler, 404, {"Content-Type": "text/html", "Content-Length": "1000"})
+    for _ in range(1000):
+        handler.wfile.write(b"x")
+        if _stopping(handler).wait(TRICKLE_INTERVAL_SECONDS):
+            return

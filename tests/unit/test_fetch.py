@@ -513,6 +513,13 @@ def test_slow_servers_fail_within_the_deadline(path: str, site: Site, fetchers: 
     assert seconds < TIMEOUT + SLACK
 
 
+def test_a_slow_error_body_does_not_hide_the_status(site: Site, fetchers: Callable[..., ImageFetcher]) -> None:
+    fetcher = fetchers(timeout_seconds=10.0)
+    error, seconds = elapsed(lambda: fetcher.fetch(site.url("/slow-404")))
+    assert isinstance(error, HttpStatusError) and error.details == {"status": 404}, error
+    assert seconds < 10.0  # the rest of the body was given up on, not waited for until the deadline
+
+
 def test_one_deadline_covers_every_redirect(site: Site, fetchers: Callable[..., ImageFetcher]) -> None:
     site.server.delay_seconds = 0.4  # each answer is quick, six of them are not
     fetcher = fetchers(timeout_seconds=TIMEOUT)

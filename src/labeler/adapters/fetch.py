@@ -75,6 +75,7 @@ FIRST_UNPRIVILEGED_PORT = 1024
 CHUNK_SIZE = 64 * 1024
 # Small bodies of redirects and error answers are read (to keep the connection alive); larger ones are cut off.
 MAX_DISCARD_BYTES = 64 * 1024
+DISCARD_SECONDS = 1.0  # at most this long reading such a body, then the connection is closed instead
 MAX_POOLS = 64  # distinct (scheme, address, port, host) kept alive
 POOL_MAXSIZE = 16  # connections kept per pool: one per worker thread
 RESOLVER_THREADS = 8
@@ -543,18 +544,27 @@ class ImageFetcher:
         return chunk
 
     def _discard(self, response: urllib3.BaseHTTPResponse, deadline: _Deadline) -> None:
-        """Read a small remaining body so the connection can be reused; close it if the body is large."""
+        """Read the small body of a redirect or error answer so the connection can be reused, or close it.
+
+        Never raises: a slow or broken body here must not hide the status that was answered.
+        """
         declared = _content_length(response)
         if declared is None or declared > MAX_DISCARD_BYTES:
             _close(response)
             return
-        read = 0
-        while read <= MAX_DISCARD_BYTES:
-            chunk = self._read_chunk(response, CHUNK_SIZE, deadline, "reading a response")
-            if not chunk:
-                return
-            read += len(chunk)
-        _close(response)
+        budget_ends = min(deadline.ends, time.monotonic() + DISCARD_SECONDS)
+        try:
+            while True:
+                left = budget_ends - time.monotonic()
+                if left <= 0:
+                    raise TimeoutError("no time left to read the rest of the answer")
+                sock = getattr(getattr(response, "connection", None), "sock", None)
+                if sock is not None:
+                    sock.settimeout(left)
+                if not response.read1(CHUNK_SIZE, decode_content=False):
+                    return
+        except Exception:
+            _close(response)
 
 
 def _new_pool(target: Target, ip: IPAddress) -> urllib3.HTTPConnectionPool:
