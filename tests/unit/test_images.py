@@ -549,6 +549,7 @@ def test_unexpected_decoder_errors_become_corrupt_image(monkeypatch: pytest.Monk
         prepare_image(samples.jpeg())
 
 
+@pytest.mark.filterwarnings("ignore:Truncated File Read:UserWarning")  # Pillow's TIFF reader, on damaged files
 @pytest.mark.parametrize("kind", SUPPORTED_FORMATS)
 def test_mutated_files_never_escape_as_other_exceptions(kind: str) -> None:
     data = getattr(samples, kind)(size=(120, 100))
