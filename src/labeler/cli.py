@@ -355,7 +355,7 @@ def stage_embedded(aws: Any, photos: Any, event: dict[str, Any], output_bucket: 
     from labeler.local.samples import sample_manifest
 
     s3 = aws.client("s3")
-    body = json_module.dumps(sample_manifest(photos.url), indent=1).encode("utf-8")
+    entries = sample_manifest(photos.url)
     created: set[str] = set()
     for record in event.get("Records") or []:
         bucket = record["s3"]["bucket"]["name"]
@@ -371,11 +371,15 @@ def stage_embedded(aws: Any, photos: Any, event: dict[str, Any], output_bucket: 
                 raise CliError(f"cannot create bucket {name!r} on the embedded endpoint: {message}") from exc
             created.add(name)
         key = unquote_plus(obj["key"])
+        if key.endswith(".jsonl"):  # JSON Lines: one entry per line
+            body = "".join(json_module.dumps(entry) + "\n" for entry in entries).encode("utf-8")
+        else:
+            body = json_module.dumps(entries, indent=1).encode("utf-8")
         put = s3.put_object(Bucket=bucket, Key=key, Body=body, ContentType="application/json")
         obj["size"], obj["eTag"] = len(body), str(put["ETag"]).strip('"')
         if versioned:
             obj["versionId"] = put.get("VersionId", obj["versionId"])
-        err.print(f"staged a sample manifest at s3://{bucket}/{key} ({len(sample_manifest(photos.url))} entries)")
+        err.print(f"staged a sample manifest at s3://{bucket}/{key} ({len(entries)} entries)", markup=False)
 
 
 def run_invoke(event: dict[str, Any], env: dict[str, str | None], args: argparse.Namespace) -> dict[str, Any]:

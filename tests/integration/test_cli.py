@@ -313,22 +313,21 @@ def test_invoke_embedded_stages_the_event_and_labels_sample_photos_offline(
     monkeypatch.delenv("LABEL_BACKEND", raising=False)
     monkeypatch.delenv("OUTPUT_BUCKET", raising=False)
     environment_before = dict(os.environ)
+
+    def record(key: str, version_id: str | None) -> dict[str, Any]:
+        obj = {"key": key, "size": 1187, "eTag": "9b2cf535f27731c974343645a3985328", "sequencer": "0062A3F0B1C2D3E4F6"}
+        if version_id:
+            obj["versionId"] = version_id
+        return {
+            "eventSource": "aws:s3",
+            "eventName": "ObjectCreated:Put",
+            "s3": {"bucket": {"name": "example-input-bucket"}, "object": obj},
+        }
+
     event = {
         "Records": [
-            {
-                "eventSource": "aws:s3",
-                "eventName": "ObjectCreated:Put",
-                "s3": {
-                    "bucket": {"name": "example-input-bucket"},
-                    "object": {
-                        "key": "manifests/holiday+photos%2B2024.json",
-                        "size": 1187,
-                        "eTag": "9b2cf535f27731c974343645a3985328",
-                        "versionId": "Ri7m1lTuDLSEqd1rDnjDHgVhXzdO2QWg",
-                        "sequencer": "0062A3F0B1C2D3E4F6",
-                    },
-                },
-            }
+            record("manifests/holiday+photos%2B2024.json", "Ri7m1lTuDLSEqd1rDnjDHgVhXzdO2QWg"),
+            record("manifests/more.jsonl", None),
         ]
     }
     event_path = tmp_path / "event.json"
@@ -338,9 +337,11 @@ def test_invoke_embedded_stages_the_event_and_labels_sample_photos_offline(
 
     assert status == 0, err
     document = json.loads(out)
-    (manifest,) = document["manifests"]
+    manifest, lines = document["manifests"]
     assert manifest["manifest"] == {"bucket": "example-input-bucket", "key": "manifests/holiday photos+2024.json"}
     assert manifest["report"]["status"] == "complete"
+    assert manifest["report"]["manifest"]["version_id"]  # the versioned event names the version really uploaded
+    assert (lines["report"]["status"], lines["report"]["total"]) == ("complete", ENTRIES)  # staged as JSON Lines
     records = {record["image_id"]: record for record in manifest["records"] if "labels" in record}
     assert "Cat" in {label["Name"] for label in records["chelsea-the-cat"]["labels"]}
     assert records["chelsea-the-cat"]["label_backend"] == "local"

@@ -58,6 +58,7 @@ main { display: grid; grid-template-columns: repeat(auto-fill, minmax(min(100%, 
 .body { padding: 10px 12px 12px; min-width: 0; }
 .id { font: 600 14px/1.3 ui-monospace, "DejaVu Sans Mono", monospace; margin: 0 0 2px; overflow-wrap: anywhere; }
 .meta { margin: 0 0 8px; color: var(--muted); font-size: 12px; overflow-wrap: anywhere; }
+.meta.url { margin: 0 0 2px; white-space: nowrap; overflow: hidden; text-overflow: ellipsis; }
 .labels { list-style: none; margin: 0; padding: 0; display: grid; gap: 4px; }
 .labels li { display: grid; grid-template-columns: minmax(0, 1fr) 38%  3.2em; align-items: center; gap: 8px;
   font-size: 13px; }
@@ -70,7 +71,8 @@ main { display: grid; grid-template-columns: repeat(auto-fill, minmax(min(100%, 
   color: #fff; background: var(--bad); border-radius: 6px; padding: 0 7px; margin: 0 0 6px; }
 .error .message { margin: 0; font-size: 13px; overflow-wrap: anywhere; }
 footer { max-width: 1280px; margin: 0 auto; padding: 0 20px 24px; color: var(--muted); font-size: 12px; }
-@media (max-width: 480px) { header, main, footer { padding-left: 12px; padding-right: 12px; } main { gap: 12px; } }
+@media (max-width: 480px) { header, main, footer { padding-left: 12px; padding-right: 12px; } main { gap: 12px; }
+  .failed .thumb { aspect-ratio: 16 / 5; } }
 """
 
 # No scripts, no remote anything: images only from data: URIs, styles only inline.
@@ -194,7 +196,7 @@ def _card(record: Mapping[str, Any], thumbnail: str | None) -> str:
     index = record.get("entry_index")
     anchor = f' id="entry-{int(index)}"' if isinstance(index, int) else ""
     url = record.get("url")
-    url_line = f'<p class="meta" title="{_text(url)}">{_text(_shorten(str(url), MAX_URL_CHARS))}</p>' if url else ""
+    url_line = f'<p class="meta url" title="{_text(url)}">{_text(_shorten(str(url), MAX_URL_CHARS))}</p>' if url else ""
     if thumbnail:
         figure = f'<figure class="thumb"><img src="{thumbnail}" alt="{image_id}" loading="lazy"></figure>'
     elif failed:

@@ -22,6 +22,7 @@ import os
 import threading
 import time
 import uuid
+import warnings
 from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
@@ -101,7 +102,9 @@ def handler_environment(values: Mapping[str, str | None], log_level: str | None 
 
     merged: dict[str, str | None] = {**QUIET_POWERTOOLS, **values}
     previous_level = logger.log_level
-    with patched_environ(merged):
+    with patched_environ(merged), warnings.catch_warnings():
+        # An event without records (s3:TestEvent) has no metrics: Powertools warns about that.
+        warnings.filterwarnings("ignore", message="No application metrics to publish")
         reset_services()
         if log_level:
             logger.setLevel(log_level)
