@@ -13,7 +13,9 @@ Only ``OUTPUT_BUCKET`` is needed: a fresh deploy has a working cache.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -41,6 +43,44 @@ class UrlMemo:
     etag: str | None
     last_modified: str | None
     sha256: str
+
+
+class KeyedLocks:
+    """One lock per key, created on demand and dropped when nobody holds or waits for it.
+
+    The pipeline holds the content hash's lock while it checks the cache, labels and stores: two
+    threads that meet the same bytes at once (two URLs, one photo) make one DetectLabels call, and
+    the second reads the first one's labels from the cache.
+
+    >>> locks = KeyedLocks()
+    >>> with locks.hold("ab12"):
+    ...     pass
+    """
+
+    def __init__(self) -> None:
+        self._guard = threading.Lock()
+        self._locks: dict[str, tuple[threading.Lock, int]] = {}
+
+    @contextmanager
+    def hold(self, key: str) -> Iterator[None]:
+        with self._guard:
+            lock, users = self._locks.get(key, (None, 0))
+            if lock is None:
+                lock = threading.Lock()
+            self._locks[key] = (lock, users + 1)
+        try:
+            with lock:
+                yield
+        finally:
+            with self._guard:
+                _, users = self._locks[key]
+                if users == 1:
+                    del self._locks[key]
+                else:
+                    self._locks[key] = (lock, users - 1)
+
+    def __len__(self) -> int:
+        return len(self._locks)
 
 
 class LabelCache:

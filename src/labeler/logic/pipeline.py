@@ -24,7 +24,7 @@ from labeler.adapters.fetch import FetchedImage, ImageFetcher, NotModified, Vali
 from labeler.adapters.images import prepare_image
 from labeler.adapters.labels.base import LabelBackend
 from labeler.adapters.store import OpenedManifest
-from labeler.logic.cache import CachedLabels, LabelCache, UrlMemo
+from labeler.logic.cache import CachedLabels, KeyedLocks, LabelCache, UrlMemo
 from labeler.logic.keys import RESULTS_PREFIX, manifest_slug, report_key, result_key
 from labeler.logic.manifest import parse_manifest
 from labeler.logic.report import Tally, build_report, utc_now
@@ -70,6 +70,7 @@ class Services:
     fetcher: ImageFetcher
     backend: LabelBackend
     cache: LabelCache | None = None
+    in_flight: KeyedLocks = field(default_factory=KeyedLocks)
 
 
 @dataclass(frozen=True)
@@ -163,8 +164,17 @@ def _fetch(services: Services, url: str, memo: UrlMemo | None) -> FetchedImage |
 def _label_fresh(
     services: Services, entry: ManifestEntry, fetched: FetchedImage, timings: _Timings
 ) -> tuple[ResultRecord, EntryOutcome]:
-    settings = services.settings
     sha256 = hashlib.sha256(fetched.body).hexdigest()
+    if services.cache is None:
+        return _label_content(services, entry, fetched, sha256, timings)
+    with services.in_flight.hold(sha256):  # identical bytes in flight at once: one DetectLabels call
+        return _label_content(services, entry, fetched, sha256, timings)
+
+
+def _label_content(
+    services: Services, entry: ManifestEntry, fetched: FetchedImage, sha256: str, timings: _Timings
+) -> tuple[ResultRecord, EntryOutcome]:
+    settings = services.settings
     source = {
         "final_url": fetched.final_url,
         "etag": fetched.etag,
