@@ -35,13 +35,13 @@ format: $(STAMP)
 	$(PY) -m ruff format src tests bench scripts
 	$(PY) -m ruff check --fix src tests bench scripts
 
-test: lint model
+test: lint model browser
 	$(PY) -m pytest $(PYTEST_ARGS)
 
-unit: $(STAMP)
+unit: $(STAMP) model browser
 	$(PY) -m pytest tests/unit $(PYTEST_ARGS)
 
-integration: $(STAMP) model
+integration: $(STAMP) model browser
 	$(PY) -m pytest tests/integration $(PYTEST_ARGS)
 
 infra: $(STAMP)
