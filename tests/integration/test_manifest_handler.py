@@ -314,3 +314,16 @@ def test_near_the_deadline_no_new_work_starts_and_the_retry_finishes(
 def test_the_s3_test_event_is_ignored(lambda_context: FakeLambdaContext) -> None:
     event = json.loads('{"Service":"Amazon S3","Event":"s3:TestEvent","Bucket":"b","RequestId":"x"}')
     assert invoke(event, lambda_context) == {"manifests": []}
+
+
+def test_an_event_without_a_sequencer_is_processed(
+    buckets: Buckets, site: Site, lambda_context: FakeLambdaContext
+) -> None:
+    # S3-compatible endpoints (moto's S3 → SQS notifications among them) may leave the sequencer out.
+    event = buckets.put_manifest("no-sequencer.json", [site.url("/photo.jpg")])
+    del event["Records"][0]["s3"]["object"]["sequencer"]
+
+    invoke(event, lambda_context)
+
+    assert len(buckets.records()) == 1
+    assert buckets.report()["status"] == "complete"

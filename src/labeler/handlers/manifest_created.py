@@ -32,7 +32,8 @@ def manifest_ref(record: S3EventRecord) -> ManifestRef:
         etag=s3_object.etag or None,
         version_id=s3_object.version_id or None,
         size=s3_object.size,
-        sequencer=s3_object.sequencer or None,
+        # Powertools reads the sequencer with [] and some S3-compatible endpoints (moto) omit it.
+        sequencer=s3_object.get("sequencer") or None,
     )
 
 
