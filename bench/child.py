@@ -1,0 +1,218 @@
+"""What runs inside a measured child process: ``python -m bench.child TASK SPEC.json RESULT.json``.
+
+Tasks:
+  product   the Lambda handler (``labeler.handlers.manifest_created.handler``) on one S3 event,
+            configured by the environment exactly as the template configures the function
+  baseline  the original article's one-by-one loop (``bench/baseline.py``) on the same entries
+  idle      an interpreter that imported the handler and did nothing else (RSS baseline)
+  local     the offline backend (``LocalLabelBackend``) end to end on real photos
+  parse     ``parse_manifest`` over a large generated manifest (how long the splitter reads 1 M entries)
+
+Every task writes one JSON document to RESULT.json, including the process's peak RSS
+(``VmHWM``; ``ru_maxrss`` beside it, see :func:`peak_rss_mb`). The parent owns the stand-ins;
+a child only talks to them over loopback.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import resource
+import sys
+import time
+from collections import Counter
+from collections.abc import Callable
+from typing import Any
+
+
+def peak_rss_mb() -> float:
+    """This process's peak resident set size, in MiB.
+
+    ``VmHWM`` (the high-water mark of this process's own address space) where Linux has it.
+    ``ru_maxrss`` is only the fallback: Linux carries it over ``fork()`` + ``exec()``, so a child's
+    ``ru_maxrss`` is at least its *parent's* RSS at the moment it was spawned (see ``ru_maxrss_mb``).
+    """
+    try:
+        with open("/proc/self/status", encoding="ascii") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024  # kB
+    except OSError:
+        pass
+    return ru_maxrss_mb()
+
+
+def ru_maxrss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+
+
+class StubBackend:
+    """A LabelBackend answering at once with one label (memory diagnostics: no request is built)."""
+
+    name = "stub"
+    model_version = "stub-1"
+
+    def detect_labels(self, image: bytes, *, min_confidence: float, max_labels: int) -> Any:
+        from labeler.adapters.labels.base import LabelResult
+
+        label = {"Name": "Thing", "Confidence": 99.0, "Instances": [], "Parents": [], "Aliases": [], "Categories": []}
+        return LabelResult(labels=[label], model_version=self.model_version, backend=self.name)
+
+
+def task_product(spec: dict[str, Any]) -> dict[str, Any]:
+    from tests.conftest import FakeLambdaContext
+
+    from labeler.handlers import composition, manifest_created
+
+    composition.reset_services()
+    started = time.perf_counter()
+    services = composition.get_services()  # what a cold start builds once per container (clients, backend)
+    if spec.get("stub_backend"):  # diagnostics only: labels without botocore serialising the image
+        services = dataclasses.replace(services, backend=StubBackend())
+        composition.reset_services(services)
+    built = time.perf_counter()
+    s3_calls: Counter[str] = Counter()
+
+    def count(event_name: str, **_: Any) -> None:
+        s3_calls[event_name.rsplit(".", 1)[-1]] += 1  # one per API call (retries not included)
+
+    services.store.client.meta.events.register("before-call.s3.*", count)  # type: ignore[attr-defined]
+    response = manifest_created.handler(spec["event"], FakeLambdaContext())
+    finished = time.perf_counter()
+    return {
+        "init_s": built - started,
+        "handler_s": finished - built,
+        "response": response,
+        "s3_calls": dict(s3_calls),
+    }
+
+
+def task_baseline(spec: dict[str, Any]) -> dict[str, Any]:
+    from bench import baseline
+
+    started = time.perf_counter()
+    clients = baseline.make_clients()
+    built = time.perf_counter()
+    timings = baseline.label_all(spec["entries"], spec["output_bucket"], clients)
+    finished = time.perf_counter()
+    return {"init_s": built - started, "wall_s": finished - built, "timings": timings}
+
+
+def task_idle(spec: dict[str, Any]) -> dict[str, Any]:
+    import labeler.handlers.manifest_created  # noqa: F401 - importing is the point
+
+    return {"imported": "labeler.handlers.manifest_created"}
+
+
+def task_local(spec: dict[str, Any]) -> dict[str, Any]:
+    from concurrent.futures import ThreadPoolExecutor
+
+    from bench.images import sample_photos
+    from labeler.adapters.labels.local import LocalLabelBackend, _runtime, preprocess
+
+    photos = sample_photos()
+    names = sorted(photos)
+    count = int(spec.get("images", 300))
+    workers = int(spec.get("workers", 8))
+    inputs = [photos[names[index % len(names)]] for index in range(count)]
+
+    started = time.perf_counter()
+    backend = LocalLabelBackend().load()
+    load_s = time.perf_counter() - started
+
+    def label(image: bytes) -> list[dict[str, Any]]:
+        return backend.detect_labels(image, min_confidence=55, max_labels=50).labels
+
+    top = {
+        name: [(label["Name"], round(label["Confidence"], 1)) for label in label(photos[name])[:3]] for name in names
+    }
+    for image in inputs[:20]:  # warm-up: first runs of onnxruntime allocate their arenas
+        label(image)
+
+    def timed(run: Callable[[], None]) -> float:
+        begin = time.perf_counter()
+        run()
+        return time.perf_counter() - begin
+
+    def sequential() -> None:
+        for image in inputs:
+            label(image)
+
+    def concurrent() -> None:
+        with ThreadPoolExecutor(max_workers=workers) as pool:
+            list(pool.map(label, inputs))
+
+    runtime = _runtime(backend._files, backend._intra_op_threads)  # the session detect_labels uses
+    tensors = [preprocess(photos[name]) for name in names]
+
+    def model_only() -> None:
+        for index in range(count):
+            runtime.probabilities(tensors[index % len(tensors)])
+
+    sequential_s = timed(sequential)
+    concurrent_s = timed(concurrent)
+    model_only_s = timed(model_only)
+    return {
+        "photos": {name: len(photos[name]) for name in names},
+        "images": count,
+        "workers": workers,
+        "load_s": load_s,
+        "sequential_s": sequential_s,
+        "concurrent_s": concurrent_s,
+        "sequential_images_per_s": count / sequential_s,
+        "concurrent_images_per_s": count / concurrent_s,
+        "model_only_s": model_only_s,
+        "model_only_images_per_s": count / model_only_s,
+        "top_labels": top,
+    }
+
+
+def task_parse(spec: dict[str, Any]) -> dict[str, Any]:
+    """How fast the splitter can read a big manifest: ``parse_manifest`` over a JSON array and JSON Lines."""
+    import io
+
+    from labeler.logic.manifest import parse_manifest
+
+    count = int(spec.get("entries", 200_000))
+    entries = [{"id": f"img-{i:07d}", "url": f"https://images.example.com/photos/{i:07d}.jpg"} for i in range(count)]
+    documents = {
+        "json_array": json.dumps(entries).encode(),
+        "json_lines": "\n".join(json.dumps(entry) for entry in entries).encode(),
+    }
+    found: dict[str, Any] = {}
+    for name, data in documents.items():
+        started = time.perf_counter()
+        seen = sum(1 for _ in parse_manifest(io.BytesIO(data), max_entries=count))
+        elapsed = time.perf_counter() - started
+        if seen != count:
+            raise RuntimeError(f"{name}: parsed {seen} entries of {count}")
+        found[name] = {"entries": count, "bytes": len(data), "seconds": elapsed, "entries_per_s": count / elapsed}
+    return found
+
+
+TASKS: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = {
+    "product": task_product,
+    "baseline": task_baseline,
+    "idle": task_idle,
+    "local": task_local,
+    "parse": task_parse,
+}
+
+
+def main(argv: list[str]) -> int:
+    if len(argv) != 3 or argv[0] not in TASKS:
+        print(f"usage: python -m bench.child {{{','.join(TASKS)}}} SPEC.json RESULT.json", file=sys.stderr)
+        return 2
+    task, spec_path, result_path = argv
+    with open(spec_path, encoding="utf-8") as handle:
+        spec = json.load(handle)
+    result = TASKS[task](spec)
+    result["peak_rss_mb"] = peak_rss_mb()
+    result["ru_maxrss_mb"] = ru_maxrss_mb()
+    with open(result_path, "w", encoding="utf-8") as handle:
+        json.dump(result, handle)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,245 @@
+"""The stand-ins every benchmark talks to, all on loopback, started once per `make bench`.
+
+* **S3**: the project's embedded moto server (``labeler.local.embedded_aws.EmbeddedAws``) in its
+  *own* process (``python -m bench.standins moto``), so that its CPU work (moto is ~1.5 ms of
+  Python per request) does not share a GIL with the code being measured. In Lambda, S3 is
+  another machine too.
+* **Rekognition**: ``tests.support.fake_rekognition.FakeRekognition`` (a ``ThreadingHTTPServer``:
+  concurrent calls overlap) in the orchestrating process, with a thin subclass of its request
+  handler that also records when each call finished (for the quota-utilisation figure).
+* **Image hosts**: ``labeler.local.http_server.LoopbackServer`` in the orchestrating process.
+
+The code under test (the handler, the baseline loop) always runs in a separate child process
+(``bench.child``), pointed at these endpoints through ``AWS_ENDPOINT_URL_*``.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+REGION = "us-east-1"
+DUMMY_KEY = "bench"
+
+
+class MotoProcess:
+    """moto's threaded server (the project's ``EmbeddedAws``) in a child process; ``endpoint_url``."""
+
+    def __init__(self) -> None:
+        self._proc: subprocess.Popen[str] | None = None
+        self.endpoint_url = ""
+
+    def start(self) -> MotoProcess:
+        self._proc = subprocess.Popen(
+            [sys.executable, "-m", "bench.standins", "moto"],
+            cwd=ROOT,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+            env=child_base_env(),
+        )
+        assert self._proc.stdout is not None
+        line = self._proc.stdout.readline().strip()
+        if not line.startswith("http://"):
+            self.stop()
+            raise RuntimeError(f"the moto process did not start (said {line!r})")
+        self.endpoint_url = line
+        return self
+
+    def stop(self) -> None:
+        proc, self._proc = self._proc, None
+        if proc is None:
+            return
+        if proc.stdin is not None:
+            proc.stdin.close()  # the child stops its server when stdin closes
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=10)
+
+
+def _serve_moto_until_stdin_closes() -> None:
+    from labeler.local.embedded_aws import EmbeddedAws
+
+    aws = EmbeddedAws(region=REGION, set_environment=False).start()
+    try:
+        print(aws.endpoint_url, flush=True)
+        sys.stdin.read()  # returns at EOF: the parent is done (or gone)
+    finally:
+        aws.stop()
+
+
+def child_base_env() -> dict[str, str]:
+    """The environment of every child: the parent's, minus anything that could reach real AWS."""
+    env = {
+        name: value
+        for name, value in os.environ.items()
+        if not name.startswith(("AWS_", "POWERTOOLS_", "LAMBDA_"))
+        and name
+        not in {
+            "OUTPUT_BUCKET",
+            "MAX_WORKERS",
+            "LABEL_BACKEND",
+            "LABEL_CACHE",
+            "INLINE_MAX_IMAGES",
+            "ALLOW_PRIVATE_NETWORKS",
+            "WORK_QUEUE_URL",
+            "STATE_TABLE",
+            "REKOGNITION_MAX_TPS",
+            "REKOGNITION_TPS_SHARE",
+        }
+    }
+    env.update(
+        {
+            "AWS_ACCESS_KEY_ID": DUMMY_KEY,
+            "AWS_SECRET_ACCESS_KEY": DUMMY_KEY,
+            "AWS_DEFAULT_REGION": REGION,
+            "AWS_REGION": REGION,
+            "AWS_EC2_METADATA_DISABLED": "true",
+            "PYTHONPATH": os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p),
+        }
+    )
+    return env
+
+
+class TimedRekognition:
+    """``FakeRekognition`` plus the finish time of every successful DetectLabels call."""
+
+    def __init__(self) -> None:
+        from tests.support.fake_rekognition import FakeRekognition, _Handler
+
+        finished: list[float] = []
+        lock = threading.Lock()
+
+        class _TimedHandler(_Handler):
+            def do_POST(self) -> None:
+                before = self.server.state.successful_calls
+                super().do_POST()
+                if self.server.state.successful_calls > before:
+                    with lock:
+                        finished.append(time.monotonic())
+
+        self.fake = FakeRekognition()
+        self.fake._server.RequestHandlerClass = _TimedHandler
+        self.finished = finished
+        self.endpoint_url = self.fake.endpoint_url
+
+    @property
+    def state(self) -> Any:
+        return self.fake.state
+
+    def reset(self, latency_seconds: float = 0.0) -> None:
+        self.fake.state.reset()
+        self.fake.state.latency_seconds = latency_seconds
+        self.finished.clear()
+
+    @property
+    def successful_calls(self) -> int:
+        return int(self.fake.state.successful_calls)
+
+    def start(self) -> TimedRekognition:
+        self.fake.start()
+        return self
+
+    def stop(self) -> None:
+        self.fake.stop()
+
+
+class StandIns:
+    """S3 (moto process), Rekognition (stand-in) and an image host; buckets, manifests and S3 events."""
+
+    _numbers = itertools.count()
+
+    def __init__(self) -> None:
+        from labeler.local.http_server import LoopbackServer
+
+        self.moto = MotoProcess()
+        self.rekognition = TimedRekognition()
+        self.site = LoopbackServer()
+        self._s3: Any = None
+
+    def start(self) -> StandIns:
+        self.moto.start()
+        self.rekognition.start()
+        self.site.start()
+        return self
+
+    def stop(self) -> None:
+        for stop in (self.site.stop, self.rekognition.stop, self.moto.stop):
+            try:
+                stop()
+            except Exception as exc:  # keep stopping the others
+                print(f"warning: stopping a stand-in failed: {exc}", file=sys.stderr)
+
+    def __enter__(self) -> StandIns:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    @property
+    def s3(self) -> Any:
+        if self._s3 is None:
+            import boto3
+            from botocore.config import Config
+
+            self._s3 = boto3.client(
+                "s3",
+                endpoint_url=self.moto.endpoint_url,
+                region_name=REGION,
+                aws_access_key_id=DUMMY_KEY,
+                aws_secret_access_key=DUMMY_KEY,
+                config=Config(max_pool_connections=32),
+            )
+        return self._s3
+
+    def aws_env(self) -> dict[str, str]:
+        """What points boto3 (handler and baseline alike) at the stand-ins."""
+        return {
+            "AWS_ENDPOINT_URL_S3": self.moto.endpoint_url,
+            "AWS_ENDPOINT_URL_SQS": self.moto.endpoint_url,
+            "AWS_ENDPOINT_URL_DYNAMODB": self.moto.endpoint_url,
+            "AWS_ENDPOINT_URL_REKOGNITION": self.rekognition.endpoint_url,
+        }
+
+    def new_bucket(self, kind: str) -> str:
+        name = f"bench-{kind}-{os.getpid()}-{next(self._numbers)}"
+        self.s3.create_bucket(Bucket=name)
+        return name
+
+    def upload_manifest(self, bucket: str, key: str, entries: list[dict[str, Any]]) -> dict[str, Any]:
+        """Upload a manifest and return the S3 ObjectCreated event for it (as the tests build it)."""
+        from tests.conftest import s3_put_event
+
+        self.s3.put_object(Bucket=bucket, Key=key, Body=json.dumps(entries).encode())
+        return s3_put_event(self.s3, bucket, key)
+
+    def reports(self, bucket: str) -> dict[str, dict[str, Any]]:
+        """Every report in ``bucket`` by manifest key."""
+        found: dict[str, dict[str, Any]] = {}
+        paginator = self.s3.get_paginator("list_objects_v2")
+        for page in paginator.paginate(Bucket=bucket, Prefix="reports/"):
+            for item in page.get("Contents", []):
+                report = json.loads(self.s3.get_object(Bucket=bucket, Key=item["Key"])["Body"].read())
+                found[report["manifest"]["key"]] = report
+        return found
+
+    def count_objects(self, bucket: str, prefix: str) -> int:
+        paginator = self.s3.get_paginator("list_objects_v2")
+        return sum(page.get("KeyCount", 0) for page in paginator.paginate(Bucket=bucket, Prefix=prefix))
+
+
+if __name__ == "__main__":
+    if sys.argv[1:] == ["moto"]:
+        _serve_moto_until_stdin_closes()
+    else:
+        sys.exit("usage: python -m bench.standins moto")
