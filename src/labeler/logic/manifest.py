@@ -1,0 +1,847 @@
+"""Parse a manifest, in every accepted form, into a lazy stream of entries.
+
+:func:`parse_manifest` yields one :class:`ManifestEntry` (something to label) or
+:class:`RejectedEntry` (an entry that is already known to fail) per entry of the manifest, in
+order, as they are read. Problems of the whole manifest raise a :class:`ManifestError`
+subclass, possibly after some entries were yielded: those stay valid (the report says
+``partial``).
+
+Accepted forms (README, "Manifests"):
+
+* one object ``{"url": ..., "id": ...}``; a list of such objects, of URL strings, or both;
+  ``{"images": [...]}`` (other top-level keys are ignored; ``images`` wins over ``url``);
+* JSON Lines: one object or JSON string per line; blank lines skipped; CRLF fine;
+* a UTF-8 byte order mark; trailing commas; hand-written JavaScript style (unquoted keys,
+  single quotes, comments) through ``json5``.
+
+How a body is read:
+
+* Leading whitespace is skipped as it is read (never buffered): a body of nothing but
+  whitespace, however large, is ``manifest_empty`` in bounded memory.
+* A body of at most ``SMALL_BODY_BYTES`` (8 MiB) is read whole and tried as strict JSON
+  (trailing commas removed where the JSON parser finds them), then as JSON Lines (when its
+  first non-blank line is a JSON object or string), then, up to ``JSON5_MAX_BYTES``, as JSON5.
+  ``json5`` is pure Python and slow (about 50 µs per value), hence its smaller limit.
+* A larger body is streamed strictly, in bounded memory: a ``[`` body, or a ``{`` body whose first
+  line is not a complete object, with ``ijson`` (the yajl C backend); anything else line by line
+  as JSON Lines (a line longer than ``MAX_LINE_BYTES`` is a rejected entry, never buffered).
+
+Entries:
+
+* ``index`` is the 0-based position of the entry in the manifest: the position in the list,
+  or for JSON Lines the number of non-blank lines before it (messages name the 1-based line).
+* ``url``: a non-empty string of at most 8,192 characters, stripped of surrounding whitespace;
+  nothing more is checked here (the fetcher reports ``invalid_url``).
+* ``id``: a non-empty string of at most 512 characters, or an integer (turned into its decimal
+  string); ``null`` or absent means none: then the id is derived from the URL
+  (:func:`~labeler.logic.keys.derive_image_id`, ``id_given=False``).
+* Anything else (a number, ``null``, a nested list, an object without a usable ``url`` or with a
+  bad ``id``, a JSON Lines line that is not JSON) is a :class:`RejectedEntry` with
+  ``invalid_entry``. Its ``image_id`` is its valid ``id`` when it has one, otherwise
+  ``entry-<index>`` (with ``-1``, ``-2``… appended if an earlier entry took that id).
+* Ids are unique per manifest: the first entry with an id wins, later ones are rejected with
+  ``duplicate_id`` (``first_index`` in the error). Duplicates are found with a table of 16-byte
+  BLAKE2b digests (about 50 bytes per id).
+* Repeated keys in one object: the last one wins, as with ``json``.
+
+Whole-manifest errors: ``manifest_invalid`` (not UTF-8, UTF-16/32, syntax, nesting deeper than
+``MAX_NESTING`` when streamed or than Python's ``json`` allows otherwise, a top-level scalar,
+an object with neither ``url`` nor ``images``), ``manifest_empty``, ``manifest_too_large``
+(counted while reading), ``manifest_too_many_entries`` (when entry ``max_entries + 1`` is met),
+``manifest_unreadable`` (the source's ``read`` failed).
+
+>>> [e.image_id for e in parse_manifest(b'[{"url": "https://example.com/a.jpg", "id": "a"}, "https://example.com/b.png"]')]
+['a', 'url-200d8de414eb18988c84']
+>>> next(parse_manifest(b"{ url: 'https://example.com/a.jpg', id: 7, }"))
+ManifestEntry(index=0, image_id='7', url='https://example.com/a.jpg', id_given=True)
+"""
+
+from __future__ import annotations
+
+import codecs
+import hashlib
+import json
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from typing import Any, BinaryIO
+
+import ijson
+import json5
+
+from labeler.logic.keys import derive_image_id
+from labeler.models.errors import (
+    DuplicateId,
+    InvalidEntry,
+    ManifestEmpty,
+    ManifestError,
+    ManifestInvalid,
+    ManifestTooLarge,
+    ManifestTooManyEntries,
+    ManifestUnreadable,
+)
+from labeler.models.records import ManifestEntry, RejectedEntry
+
+SMALL_BODY_BYTES = 8 * 1024 * 1024  # read whole (lenient forms) up to this size; stream beyond
+JSON5_MAX_BYTES = 128 * 1024  # json5 is pure Python: only small, hand-written bodies
+MAX_LINE_BYTES = 8 * 1024 * 1024  # a longer JSON Lines line (streamed) is a rejected entry
+FIRST_LINE_LOOKAHEAD_BYTES = 64 * 1024  # a large "{" body is JSON Lines if its first line is an object
+IJSON_READ_BYTES = 16 * 1024  # ijson lists the events of each read: small reads, short lists
+MAX_NESTING = 512  # arrays/objects nested deeper refuse a streamed manifest
+MAX_TRAILING_COMMA_FIXES = 64
+MAX_URL_CHARS = 8192
+MAX_ID_CHARS = 512
+READ_CHUNK_BYTES = 256 * 1024
+
+_JSON_WHITESPACE = b" \t\r\n"
+_JSON_WHITESPACE_STR = " \t\r\n"
+_ENTRY_KEYS = ("url", "id")
+_STARTS = frozenset(("start_map", "start_array"))
+_ENDS = frozenset(("end_map", "end_array"))
+_MISSING: Any = object()
+
+
+# --- reading ------------------------------------------------------------------------------------
+class _Body:
+    """The source, read in chunks: counts bytes, checks UTF-8 as it goes, wraps I/O errors."""
+
+    def __init__(self, source: bytes | bytearray | memoryview | BinaryIO, max_bytes: int) -> None:
+        if isinstance(source, bytes | bytearray | memoryview):
+            size = memoryview(source).nbytes
+            if size > max_bytes:
+                raise ManifestTooLarge(
+                    f"the manifest is larger than {max_bytes} bytes ({size} bytes)", max_bytes=max_bytes
+                )
+            view = memoryview(source).cast("B")
+            self._view: memoryview | None = view
+            self._read = None
+        elif callable(getattr(source, "read", None)):
+            self._view = None
+            self._read = source.read
+        else:
+            raise TypeError(f"a manifest is bytes or a binary file-like object, not {type(source).__name__}")
+        self.max_bytes = max_bytes
+        self.offset = 0  # bytes read so far
+        self.eof = False
+        self._decoder = codecs.getincrementaldecoder("utf-8")()
+
+    def _raw_read_after(self, pending: int) -> bytes:
+        """The next raw chunk when ``pending`` bytes were read but not counted yet."""
+        self.offset += pending
+        try:
+            return self._raw_read()
+        finally:
+            self.offset -= pending
+
+    def _raw_read(self) -> bytes:
+        if self._view is not None:
+            return bytes(self._view[self.offset : self.offset + READ_CHUNK_BYTES])
+        assert self._read is not None
+        try:
+            data = self._read(READ_CHUNK_BYTES)
+        except ManifestError:
+            raise
+        except Exception as exc:
+            raise ManifestUnreadable(
+                f"cannot read the manifest (after {self.offset} bytes): {type(exc).__name__}: {exc}"[:1000],
+                byte=self.offset,
+            ) from exc
+        if data is None:  # a non-blocking stream with nothing yet: botocore never does this
+            raise ManifestUnreadable(f"the manifest stream returned no data after {self.offset} bytes")
+        return bytes(data)
+
+    def read(self) -> bytes:
+        """The next chunk (``b""`` at the end), counted and checked."""
+        if self.eof:
+            return b""
+        data = self._raw_read()
+        if self.offset == 0:  # the first bytes: enough of them to recognise UTF-16/32 before checking UTF-8
+            while 0 < len(data) < 4 and (more := self._raw_read_after(len(data))):
+                data += more
+            _check_start(data)
+        if not data:
+            self.eof = True
+            self._check_utf8(b"", final=True)
+            return b""
+        if self.offset + len(data) > self.max_bytes:
+            raise ManifestTooLarge(f"the manifest is larger than {self.max_bytes} bytes", max_bytes=self.max_bytes)
+        self._check_utf8(data, final=False)
+        self.offset += len(data)
+        return data
+
+    def _check_utf8(self, data: bytes, *, final: bool) -> None:
+        pending = len(self._decoder.getstate()[0])
+        try:
+            self._decoder.decode(data, final)
+        except UnicodeDecodeError as exc:
+            position = self.offset - pending + exc.start
+            raise _not_utf8(exc, position) from None
+
+
+def _not_utf8(exc: UnicodeDecodeError, position: int) -> ManifestInvalid:
+    bad = exc.object[exc.start : exc.start + 1]
+    what = f"byte 0x{bad[0]:02x}" if bad else "a truncated character"
+    return ManifestInvalid(
+        f"the manifest is not UTF-8: {what} at byte {position} ({exc.reason}); save it as UTF-8", byte=position
+    )
+
+
+_BOMS = (
+    (codecs.BOM_UTF32_LE, "UTF-32"),  # before UTF-16 LE: it starts with the same two bytes
+    (codecs.BOM_UTF32_BE, "UTF-32"),
+    (codecs.BOM_UTF16_LE, "UTF-16"),
+    (codecs.BOM_UTF16_BE, "UTF-16"),
+)
+
+
+def _check_start(head: bytes) -> None:
+    """Refuse UTF-16/32 (with or without a byte order mark): the first character of JSON text is ASCII."""
+    for bom, name in _BOMS:
+        if head.startswith(bom):
+            raise ManifestInvalid(
+                f"the manifest is {name} (it starts with a {name} byte order mark): save it as UTF-8",
+                encoding=name.lower(),
+            )
+    if len(head) >= 2 and (head[0] == 0 or head[1] == 0):
+        raise ManifestInvalid(
+            "the manifest looks like UTF-16 or UTF-32 (NUL bytes at its start): save it as UTF-8",
+            encoding="utf-16/32",
+        )
+
+
+@dataclass(frozen=True)
+class _Origin:
+    """Where the text after the skipped leading whitespace starts: line and column offsets for messages."""
+
+    lines: int = 0  # line breaks skipped
+    columns: int = 0  # characters skipped after the last of them
+
+    def position(self, line: int, column: int) -> tuple[int, int]:
+        """The position in the body of a 1-based (line, column) of the text after the whitespace."""
+        return line + self.lines, column + self.columns if line == 1 else column
+
+    def after(self, skipped: bytes) -> _Origin:
+        breaks = skipped.count(b"\n")
+        if breaks:
+            return _Origin(self.lines + breaks, len(skipped) - skipped.rfind(b"\n") - 1)
+        return _Origin(self.lines, self.columns + len(skipped))
+
+
+class _Stream:
+    """A file-like over some already read chunks, then the rest of the body (what ijson reads from).
+
+    ``read(size)`` returns at most ``size`` bytes: ijson turns each read into a list of events,
+    so a small ``size`` bounds that list (a chunk of ``[`` is one event per byte).
+    """
+
+    def __init__(self, chunks: list[bytes], body: _Body) -> None:
+        self._chunks = chunks
+        self._chunks.reverse()
+        self._body = body
+
+    def read(self, size: int = -1) -> bytes:
+        if size == 0:
+            return b""
+        chunk = self._chunks.pop() if self._chunks else self._body.read()
+        if 0 < size < len(chunk):
+            self._chunks.append(chunk[size:])
+            chunk = chunk[:size]
+        return chunk
+
+    def chunks(self) -> Iterator[bytes]:
+        while chunk := self.read():
+            yield chunk
+
+
+# --- entries -------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class _BadLine:
+    """A JSON Lines line that is not an entry at all (not JSON, too long)."""
+
+    message: str
+    line: int
+
+
+class _IdTable:
+    """The ids seen so far and the index of the first entry with each: 16-byte BLAKE2b digests.
+
+    An open-addressing hash table (linear probing, at most half full) in one ``bytearray`` of
+    22-byte slots: the digest, then ``index + 1`` in 6 bytes (0: empty). About 50 bytes per id,
+    against about 130 for a ``dict`` of ``bytes`` to ``int``: 1,000,000 ids fit in ~50 MB.
+    """
+
+    _SLOT = 22
+    _EMPTY = bytes(6)
+
+    def __init__(self, capacity: int = 1 << 14) -> None:
+        self._mask = capacity - 1
+        self._table = bytearray(capacity * self._SLOT)
+        self._count = 0
+
+    def __len__(self) -> int:
+        return self._count
+
+    def add(self, image_id: str, index: int) -> int | None:
+        """Remember ``image_id`` as first seen at ``index``; if it was seen before, return that index instead."""
+        digest = hashlib.blake2b(image_id.encode("utf-8", "surrogatepass"), digest_size=16).digest()
+        table, mask, slot, empty = self._table, self._mask, self._SLOT, self._EMPTY
+        position = int.from_bytes(digest, "little") & mask
+        while True:
+            offset = position * slot
+            if table.startswith(empty, offset + 16, offset + slot):
+                break
+            if table.startswith(digest, offset, offset + 16):
+                return int.from_bytes(table[offset + 16 : offset + slot], "little") - 1
+            position = (position + 1) & mask
+        table[offset : offset + slot] = digest + (index + 1).to_bytes(6, "little")
+        self._count += 1
+        if self._count * 2 > mask:
+            self._grow()
+        return None
+
+    def _grow(self) -> None:
+        old, slot, empty = self._table, self._SLOT, self._EMPTY
+        mask = self._mask * 2 + 1
+        table = bytearray((mask + 1) * slot)
+        for start in range(0, len(old), slot):
+            if old.startswith(empty, start + 16, start + slot):
+                continue
+            position = int.from_bytes(old[start : start + 16], "little") & mask
+            while not table.startswith(empty, position * slot + 16, position * slot + slot):
+                position = (position + 1) & mask
+            table[position * slot : position * slot + slot] = old[start : start + slot]
+        self._table, self._mask = table, mask
+
+
+def _type_name(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, int | float):
+        return "a number"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, list):
+        return "a list"
+    if isinstance(value, dict):
+        return "an object"
+    return type(value).__name__
+
+
+def _unicode_ok(text: str) -> bool:
+    if text.isascii():
+        return True
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:  # a lone surrogate ("\ud800"): it could not even be written to a record
+        return False
+    return True
+
+
+def _printable(text: str) -> str:
+    return text.encode("utf-8", "surrogatepass").decode("utf-8", "replace")
+
+
+def _check_url(raw: Any) -> tuple[str | None, str | None]:
+    """(the usable URL, None) or (what to record as the URL, the problem)."""
+    if raw is _MISSING:
+        return None, "the entry has no url"
+    if not isinstance(raw, str):
+        return None, f"url must be a string, not {_type_name(raw)}"
+    url = raw.strip()
+    if not url:
+        return url, "url is empty"
+    if len(url) > MAX_URL_CHARS:
+        return _printable(url[:MAX_URL_CHARS]), f"url is longer than {MAX_URL_CHARS} characters ({len(url)})"
+    if not _unicode_ok(url):
+        return _printable(url), "url is not valid Unicode (it holds a lone surrogate)"
+    return url, None
+
+
+def _check_id(raw: Any) -> tuple[str | None, str | None]:
+    """(the id or None when there is none, None) or (None, the problem)."""
+    if raw is _MISSING or raw is None:
+        return None, None
+    if isinstance(raw, bool) or not isinstance(raw, int | str):
+        return None, f"id must be a string or an integer, not {_type_name(raw)}"
+    image_id = str(raw) if isinstance(raw, int) else raw
+    if not image_id:
+        return None, "id is empty"
+    if len(image_id) > MAX_ID_CHARS:
+        return None, f"id is longer than {MAX_ID_CHARS} characters ({len(image_id)})"
+    if not _unicode_ok(image_id):
+        return None, "id is not valid Unicode (it holds a lone surrogate)"
+    return image_id, None
+
+
+class _Entries:
+    """Turns raw values into entries: numbering, the entry rules, the id table, the entry limit."""
+
+    def __init__(self, max_entries: int) -> None:
+        self.max_entries = max_entries
+        self.count = 0
+        self._ids = _IdTable()
+
+    def make(self, raw: Any) -> ManifestEntry | RejectedEntry:
+        index = self.count
+        if index >= self.max_entries:
+            raise ManifestTooManyEntries(
+                f"the manifest has more than {self.max_entries} entries", max_entries=self.max_entries
+            )
+        self.count += 1
+
+        url: str | None = None
+        image_id: str | None = None
+        problem: str | None = None
+        details: dict[str, Any] = {}
+        if isinstance(raw, _BadLine):
+            problem, details = raw.message, {"line": raw.line}
+        elif isinstance(raw, str):
+            url, problem = _check_url(raw)
+        elif isinstance(raw, dict):
+            url, problem = _check_url(raw.get("url", _MISSING))
+            image_id, id_problem = _check_id(raw.get("id", _MISSING))
+            problem = problem or id_problem
+        else:
+            problem = f"the entry is {_type_name(raw)}, not an object or a URL string"
+
+        id_given = image_id is not None
+        if image_id is None and problem is None and url is not None:
+            image_id = derive_image_id(url)
+        if image_id is not None:
+            first = self._ids.add(image_id, index)
+            if first is not None:
+                return RejectedEntry(
+                    index=index,
+                    image_id=image_id,
+                    url=url,
+                    error=DuplicateId(
+                        f"duplicate id {_printable(image_id)[:100]!r}: entry {first} has it already (the first wins)",
+                        first_index=first,
+                    ),
+                )
+        if problem is not None:
+            if image_id is None:
+                image_id = self._fresh_id(index)
+            return RejectedEntry(index=index, image_id=image_id, url=url, error=InvalidEntry(problem, **details))
+        assert url is not None and image_id is not None
+        return ManifestEntry(index=index, image_id=image_id, url=url, id_given=id_given)
+
+    def _fresh_id(self, index: int) -> str:
+        """``entry-<index>``, or ``entry-<index>-<n>`` if an entry took that id: two records never share a key."""
+        candidate, n = f"entry-{index}", 0
+        while self._ids.add(candidate, index) is not None:
+            n += 1
+            candidate = f"entry-{index}-{n}"
+        return candidate
+
+    def all(self, raws: Iterable[Any]) -> Iterator[ManifestEntry | RejectedEntry]:
+        for raw in raws:
+            yield self.make(raw)
+        if self.count == 0:
+            raise ManifestEmpty("the manifest has no entries")
+
+
+# --- small bodies: read whole, every form --------------------------------------------------------
+def _syntax_error(exc: json.JSONDecodeError, origin: _Origin, hint: str = "") -> ManifestInvalid:
+    line, column = origin.position(exc.lineno, exc.colno)
+    return ManifestInvalid(
+        f"the manifest is not valid JSON: {exc.msg} at line {line}, column {column}{hint}", line=line, column=column
+    )
+
+
+def _too_deep() -> ManifestInvalid:
+    return ManifestInvalid("the manifest is nested too deeply to be a manifest")
+
+
+def _without_trailing_comma(text: str, exc: json.JSONDecodeError) -> str | None:
+    """``text`` without the trailing comma ``json`` stopped at, or None if that is not what it stopped at."""
+    pos = exc.pos
+    if pos >= len(text):
+        return None
+    if text[pos] in "]}":  # Python ≤ 3.12: the error is at the closing bracket
+        comma = pos - 1
+        while comma >= 0 and text[comma] in _JSON_WHITESPACE_STR:
+            comma -= 1
+        if comma < 0 or text[comma] != ",":
+            return None
+    elif text[pos] == ",":  # Python ≥ 3.13: "Illegal trailing comma", at the comma
+        after = pos + 1
+        while after < len(text) and text[after] in _JSON_WHITESPACE_STR:
+            after += 1
+        if after >= len(text) or text[after] not in "]}":
+            return None
+        comma = pos
+    else:
+        return None
+    return text[:comma] + " " + text[comma + 1 :]  # a space: lines and columns of later errors stay right
+
+
+def _loads_strict(text: str) -> Any:
+    """``json.loads``, forgiving trailing commas (where the JSON parser itself finds them)."""
+    for _ in range(MAX_TRAILING_COMMA_FIXES + 1):
+        try:
+            return json.loads(text)
+        except json.JSONDecodeError as exc:
+            fixed = _without_trailing_comma(text, exc)
+            if fixed is None:
+                raise
+            text = fixed
+    return json.loads(text)
+
+
+def _loads_line(line: str, lenient: bool) -> Any:
+    """One JSON Lines line: strict JSON, or JSON5 when ``lenient``. Raises ValueError."""
+    try:
+        return json.loads(line)
+    except RecursionError:
+        raise ValueError("nested too deeply") from None
+    except ValueError as exc:
+        if not lenient:
+            raise
+        strict = exc
+    try:
+        return json5.loads(line)
+    except Exception:  # json5's ValueError, RecursionError...: JSON's own message is the clearer one
+        raise strict from None
+
+
+def _line_error(number: int, exc: ValueError) -> _BadLine:
+    reason = f"{exc.msg} at column {exc.colno}" if isinstance(exc, json.JSONDecodeError) else str(exc)
+    return _BadLine(f"line {number} is not valid JSON: {reason[:200]}", number)
+
+
+def _line_values(text: str, lenient: bool, origin: _Origin) -> Iterator[Any]:
+    """Values of the non-blank lines of ``text`` (JSON Lines), a :class:`_BadLine` for each broken one."""
+    for number, line in enumerate(text.split("\n"), start=1 + origin.lines):
+        if not line.strip(_JSON_WHITESPACE_STR):
+            continue
+        try:
+            yield _loads_line(line, lenient)
+        except ValueError as exc:
+            yield _line_error(number, exc)
+
+
+def _first_line_value(text: str, lenient: bool) -> Any:
+    """The value of the first line of ``text`` (which starts with something other than whitespace)."""
+    try:
+        return _loads_line(text.split("\n", 1)[0], lenient)
+    except ValueError:
+        return _MISSING
+
+
+def _is_jsonl_start(value: Any) -> bool:
+    return isinstance(value, dict | str)
+
+
+def _top_values(value: Any) -> Iterable[Any]:
+    """The raw entries of a parsed JSON document."""
+    if isinstance(value, list):
+        return value
+    if isinstance(value, dict):
+        if "images" in value:
+            images = value["images"]
+            if not isinstance(images, list):
+                raise ManifestInvalid(f'"images" must be a list, not {_type_name(images)}')
+            return images
+        if "url" in value:
+            return [value]
+        raise ManifestInvalid('a manifest object needs "url" (one image) or "images" (a list of them)')
+    raise ManifestInvalid(
+        f"the manifest is {_type_name(value)}: it must be an object, a list or JSON Lines of objects or URLs"
+    )
+
+
+def _small_values(data: bytes, origin: _Origin) -> Iterable[Any]:
+    """Every accepted form, for a body read whole (no BOM, no leading whitespace)."""
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:  # _Body checked already; kept for direct callers
+        raise _not_utf8(exc, exc.start) from None
+    lenient = len(data) <= JSON5_MAX_BYTES
+    try:
+        return _top_values(_loads_strict(text))
+    except RecursionError:
+        raise _too_deep() from None
+    except json.JSONDecodeError as exc:
+        strict_error = exc
+    except ValueError as exc:  # e.g. an integer of more than 4,300 digits
+        raise ManifestInvalid(f"the manifest is not valid JSON: {str(exc)[:200]}") from None
+
+    if _is_jsonl_start(_first_line_value(text, lenient=False)):
+        return _line_values(text, lenient, origin)
+    if not lenient:
+        raise _syntax_error(
+            strict_error, origin, hint=f" (neither JSON Lines; JSON5 is only accepted up to {JSON5_MAX_BYTES} bytes)"
+        )
+    try:
+        return _top_values(json5.loads(text))
+    except RecursionError:
+        raise _too_deep() from None
+    except ValueError:
+        pass
+    if _is_jsonl_start(_first_line_value(text, lenient=True)):
+        return _line_values(text, True, origin)
+    raise _syntax_error(strict_error, origin, hint=" (nor JSON Lines, nor JSON5)")
+
+
+# --- large bodies: streamed, strict -------------------------------------------------------------------
+def _split_lines(chunks: Iterable[bytes], first_number: int = 1) -> Iterator[tuple[int, bytes | None]]:
+    """(line number, line) of a stream of chunks; ``None`` for a line longer than MAX_LINE_BYTES."""
+    number = first_number
+    pending = bytearray()
+    overflow = False
+    for chunk in chunks:
+        pieces = chunk.split(b"\n")
+        for piece in pieces[:-1]:
+            if overflow or len(pending) + len(piece) > MAX_LINE_BYTES:
+                yield number, None
+            else:
+                pending += piece
+                yield number, bytes(pending)
+            number += 1
+            pending.clear()
+            overflow = False
+        if not overflow:
+            pending += pieces[-1]
+            if len(pending) > MAX_LINE_BYTES:
+                overflow = True
+                pending.clear()
+    if overflow:
+        yield number, None
+    elif pending:
+        yield number, bytes(pending)
+
+
+def _streamed_lines(stream: _Stream, origin: _Origin) -> Iterator[Any]:
+    """The values of the lines of a streamed JSON Lines body (its first line must be an object or a string)."""
+    held: list[str] = []  # a first line that is a string: a manifest only if another line follows
+    seen = 0
+    for number, line in _split_lines(stream.chunks(), first_number=1 + origin.lines):
+        if line is None:
+            value: Any = _BadLine(f"line {number} is longer than {MAX_LINE_BYTES} bytes", number)
+        elif not line.strip(_JSON_WHITESPACE):
+            continue
+        else:
+            try:
+                value = _loads_line(line.decode("utf-8"), lenient=False)
+            except ValueError as exc:
+                value = _line_error(number, exc)
+        seen += 1
+        if seen == 1:
+            if not _is_jsonl_start(value):
+                raise ManifestInvalid(
+                    f"line {number} of the manifest is neither a JSON object nor a URL string "
+                    f"(manifests over {SMALL_BODY_BYTES} bytes must be strict JSON or JSON Lines)",
+                    line=number,
+                )
+            if isinstance(value, str):
+                held.append(value)
+                continue
+        elif held:
+            yield held.pop()
+        yield value
+    if held:  # one JSON string and nothing else: a top-level scalar, as when read whole
+        _top_values(held[0])
+
+
+def _skip(events: Iterator[tuple[str, Any]], depth: int) -> None:
+    """Consume the rest of a container opened at nesting ``depth``."""
+    level = 0
+    for event, _ in events:
+        if event in _STARTS:
+            level += 1
+            if depth + level > MAX_NESTING:
+                raise ManifestInvalid(f"the manifest is nested more than {MAX_NESTING} levels deep")
+        elif event in _ENDS:
+            if level == 0:
+                return
+            level -= 1
+
+
+def _element(events: Iterator[tuple[str, Any]], event: str, value: Any, depth: int) -> Any:
+    """One value at nesting ``depth``: a scalar as is; an object reduced to its ``url``/``id``; a list as ``[]``.
+
+    Nothing nested is built, so a huge or deep entry costs no memory (containers under ``url``
+    or ``id`` stand as ``{}`` / ``[]``: only their type matters).
+    """
+    if event == "start_array":
+        _skip(events, depth + 1)
+        return []
+    if event != "start_map":
+        return value
+    entry: dict[str, Any] = {}
+    key = None
+    for event, value in events:
+        if event == "map_key":
+            key = value
+        elif event == "end_map":
+            return entry
+        elif event in _STARTS:
+            if depth + 2 > MAX_NESTING:
+                raise ManifestInvalid(f"the manifest is nested more than {MAX_NESTING} levels deep")
+            _skip(events, depth + 2)
+            if key in _ENTRY_KEYS:
+                entry[key] = {} if event == "start_map" else []
+        elif key in _ENTRY_KEYS:
+            entry[key] = value
+    return entry  # unreachable: ijson raises on a truncated document first
+
+
+def _streamed_json(events: Iterator[tuple[str, Any]]) -> Iterator[Any]:
+    event, _ = next(events)
+    if event == "start_array":
+        for event, value in events:
+            if event == "end_array":
+                break
+            yield _element(events, event, value, 1)
+    else:  # start_map: one entry, or {"images": [...]}
+        yield from _streamed_object(events)
+    for _ in events:  # ijson raises on anything after the document
+        pass
+
+
+def _streamed_object(events: Iterator[tuple[str, Any]]) -> Iterator[Any]:
+    fields: dict[str, Any] = {}
+    images_seen = False
+    key = None
+    for event, value in events:
+        if event == "end_map":
+            break
+        if event == "map_key":
+            key = value
+            continue
+        if key == "images":
+            if images_seen:
+                raise ManifestInvalid('"images" appears twice in the manifest')
+            images_seen = True
+            yield from _streamed_images(events, event, value)
+        elif key in _ENTRY_KEYS:
+            fields[key] = _element(events, event, value, 1)
+        elif event in _STARTS:
+            _skip(events, 2)
+    if images_seen:
+        return
+    if "url" not in fields:
+        raise ManifestInvalid('a manifest object needs "url" (one image) or "images" (a list of them)')
+    yield fields
+
+
+def _streamed_images(events: Iterator[tuple[str, Any]], event: str, value: Any) -> Iterator[Any]:
+    """The elements of the value of the top-level ``images`` key, which must be a list."""
+    if event != "start_array":
+        shown = _type_name(_element(events, event, value, 1))
+        raise ManifestInvalid(f'"images" must be a list, not {shown}')
+    for event, value in events:
+        if event == "end_array":
+            return
+        yield _element(events, event, value, 2)
+
+
+def _ijson_values(stream: _Stream, body: _Body) -> Iterator[Any]:
+    """The raw entries of a streamed JSON document; ijson's errors become ManifestInvalid."""
+    # use_float: yajl itself parses numbers, and refuses those beyond 64-bit integers or doubles
+    # ("integer overflow"). Without it, ijson hands a 5,000-digit integer to int(), whose
+    # ValueError it mishandles (SystemError, even a segmentation fault in ijson 3.6).
+    events = iter(ijson.basic_parse(stream, use_float=True, buf_size=IJSON_READ_BYTES))
+    values = _streamed_json(events)
+    while True:
+        try:
+            value = next(values)
+        except StopIteration:
+            return
+        except ManifestError:
+            raise
+        except Exception as exc:  # ijson.JSONError, and the odd ValueError of a 5,000-digit number
+            reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise ManifestInvalid(
+                f"the manifest is not valid JSON: {reason[:200]} (before byte {body.offset})", byte=body.offset
+            ) from None
+        yield value
+
+
+def _first_line_is_object(chunks: list[bytes], body: _Body) -> bool:
+    """Whether the first line of a large ``{`` body is a complete JSON object, and not a wrapper.
+
+    Then the body is JSON Lines; otherwise (``{`` alone on its line, ``{"images": [...]}`` then a
+    line break, no line break within the look-ahead) it is one JSON document. The look-ahead is
+    what is buffered already (``SMALL_BODY_BYTES``), at least ``FIRST_LINE_LOOKAHEAD_BYTES``:
+    more is read into ``chunks`` if needed.
+    """
+    lookahead = max(SMALL_BODY_BYTES, FIRST_LINE_LOOKAHEAD_BYTES)
+    parts: list[bytes] = []
+    size, i = 0, 0
+    while True:
+        if i == len(chunks):
+            if size >= lookahead or not (more := body.read()):
+                return False
+            chunks.append(more)
+        chunk = chunks[i]
+        i += 1
+        end = chunk.find(b"\n")
+        if end >= 0:
+            parts.append(chunk[:end])
+            break
+        parts.append(chunk)
+        size += len(chunk)
+    try:
+        value = json.loads(b"".join(parts).decode("utf-8"))
+    except (ValueError, RecursionError):
+        return False
+    return isinstance(value, dict) and "images" not in value
+
+
+# --- entry point ------------------------------------------------------------------------------------
+def _start(body: _Body) -> tuple[bytes, _Origin]:
+    """The body from its first character other than whitespace (``b""`` if none), and where that is.
+
+    The whitespace is dropped as it is read, never kept.
+    """
+    head = body.read()
+    if head.startswith(codecs.BOM_UTF8):
+        head = head[len(codecs.BOM_UTF8) :]
+    origin = _Origin()
+    while True:
+        rest = head.lstrip(_JSON_WHITESPACE)
+        origin = origin.after(head[: len(head) - len(rest)])
+        if rest:
+            return rest, origin
+        head = body.read()
+        if not head:
+            return b"", origin
+
+
+def parse_manifest(
+    source: bytes | BinaryIO, *, max_bytes: int = 1 << 30, max_entries: int = 1_000_000
+) -> Iterator[ManifestEntry | RejectedEntry]:
+    """Yield the entries of the manifest in ``source`` (bytes, or a binary file-like such as botocore's
+    ``StreamingBody``), lazily, in order. See the module documentation for the forms and rules.
+
+    Raises :class:`ManifestError` subclasses, possibly after entries were yielded.
+    """
+    body = _Body(source, max_bytes)
+    entries = _Entries(max_entries)
+    head, origin = _start(body)
+    if not head:
+        raise ManifestEmpty("the manifest is empty (nothing but whitespace)")
+    chunks, size = [head], len(head)
+    while size <= SMALL_BODY_BYTES and (chunk := body.read()):
+        chunks.append(chunk)
+        size += len(chunk)
+    if size <= SMALL_BODY_BYTES:
+        data = b"".join(chunks)
+        del chunks, head
+        values = _small_values(data, origin)
+        del data  # the parsed values (or lines) are all that is kept
+        yield from entries.all(values)
+        return
+
+    first = head[:1]
+    del head
+    as_json = first == b"[" or (first == b"{" and not _first_line_is_object(chunks, body))
+    stream = _Stream(chunks, body)  # takes the buffered chunks over, releasing each once read
+    del chunks
+    if as_json:
+        yield from entries.all(_ijson_values(stream, body))
+    else:
+        yield from entries.all(_streamed_lines(stream, origin))
