@@ -9,7 +9,8 @@ subclass, possibly after some entries were yielded: those stay valid (the report
 Accepted forms (README, "Manifests"):
 
 * one object ``{"url": ..., "id": ...}``; a list of such objects, of URL strings, or both;
-  ``{"images": [...]}`` (other top-level keys are ignored; ``images`` wins over ``url``);
+  ``{"images": [...]}`` (other top-level keys are ignored; ``images`` wins over ``url``; a second
+  ``images`` key: the last wins when read whole, invalid when streamed);
 * JSON Lines: one object or JSON string per line; blank lines skipped; CRLF fine;
 * a UTF-8 byte order mark; trailing commas; hand-written JavaScript style (unquoted keys,
   single quotes, comments) through ``json5``.
@@ -19,12 +20,19 @@ How a body is read:
 * Leading whitespace is skipped as it is read (never buffered): a body of nothing but
   whitespace, however large, is ``manifest_empty`` in bounded memory.
 * A body of at most ``SMALL_BODY_BYTES`` (8 MiB) is read whole and tried as strict JSON
-  (trailing commas removed where the JSON parser finds them), then as JSON Lines (when its
-  first non-blank line is a JSON object or string), then, up to ``JSON5_MAX_BYTES``, as JSON5.
-  ``json5`` is pure Python and slow (about 50 µs per value), hence its smaller limit.
-* A larger body is streamed strictly, in bounded memory: a ``[`` body, or a ``{`` body whose first
-  line is not a complete object, with ``ijson`` (the yajl C backend); anything else line by line
-  as JSON Lines (a line longer than ``MAX_LINE_BYTES`` is a rejected entry, never buffered).
+  (up to ``MAX_TRAILING_COMMA_FIXES`` trailing commas removed where the JSON parser stops at
+  them), then as JSON Lines (when its first line is a JSON object or string), then, up to
+  ``JSON5_MAX_BYTES`` (128 KiB), as JSON5, whole or line by line. ``json5`` is pure Python
+  and slow (about 50 µs per value), hence its smaller limit.
+* A larger body is streamed strictly (no trailing commas, comments or JSON5), in bounded memory:
+  a ``[`` body, or a ``{`` body whose first line is not a complete object (other than
+  ``{"images": …}``), with ``ijson`` (the yajl C backend, entries reduced to their ``url`` and
+  ``id`` as they are read, nothing nested is built); anything else line by line as JSON Lines
+  (a line longer than ``MAX_LINE_BYTES`` is a rejected entry, never buffered). There, yajl
+  parses numbers itself: one beyond a 64-bit integer or a double, anywhere, is a syntax error.
+  A syntax error found part-way comes after the entries before it.
+* Line and column numbers in messages count from the start of the body, skipped whitespace
+  included.
 
 Entries:
 
@@ -40,15 +48,23 @@ Entries:
   ``invalid_entry``. Its ``image_id`` is its valid ``id`` when it has one, otherwise
   ``entry-<index>`` (with ``-1``, ``-2``… appended if an earlier entry took that id).
 * Ids are unique per manifest: the first entry with an id wins, later ones are rejected with
-  ``duplicate_id`` (``first_index`` in the error). Duplicates are found with a table of 16-byte
+  ``duplicate_id`` (``first_index`` in the error), even when they are broken otherwise; an
+  entry rejected as invalid keeps its id taken. Two entries of the same URL without ids share
+  the derived id: the later one is a duplicate. Duplicates are found with a table of 16-byte
   BLAKE2b digests (about 50 bytes per id).
+* ``id`` or ``url`` holding a lone surrogate (``"\\ud800"``) is invalid: no record could hold it
+  (streamed, yajl has already turned it into ``?``).
 * Repeated keys in one object: the last one wins, as with ``json``.
 
-Whole-manifest errors: ``manifest_invalid`` (not UTF-8, UTF-16/32, syntax, nesting deeper than
-``MAX_NESTING`` when streamed or than Python's ``json`` allows otherwise, a top-level scalar,
-an object with neither ``url`` nor ``images``), ``manifest_empty``, ``manifest_too_large``
-(counted while reading), ``manifest_too_many_entries`` (when entry ``max_entries + 1`` is met),
-``manifest_unreadable`` (the source's ``read`` failed).
+Whole-manifest errors: ``manifest_invalid`` (not UTF-8, with the byte offset; UTF-16/32, with or
+without a byte order mark; syntax, with line and column when read whole, the byte reached when
+streamed; nesting deeper than ``MAX_NESTING`` when streamed or than Python's ``json`` allows
+otherwise; a top-level scalar, a lone JSON string included; an object with neither ``url``
+nor ``images``; ``images`` not a list), ``manifest_empty`` (nothing but whitespace, ``[]``,
+``{"images": []}``), ``manifest_too_large`` (counted while reading, raised by the first read
+past ``max_bytes``; at once for ``bytes``), ``manifest_too_many_entries`` (when entry
+``max_entries + 1`` is met; rejected entries count), ``manifest_unreadable`` (the source's
+``read`` raised: the exception is the ``__cause__``).
 
 >>> [e.image_id for e in parse_manifest(b'[{"url": "https://example.com/a.jpg", "id": "a"}, "https://example.com/b.png"]')]
 ['a', 'url-200d8de414eb18988c84']
@@ -237,15 +253,19 @@ class _Stream:
         self._chunks = chunks
         self._chunks.reverse()
         self._body = body
+        self._current = memoryview(b"")
 
     def read(self, size: int = -1) -> bytes:
         if size == 0:
             return b""
-        chunk = self._chunks.pop() if self._chunks else self._body.read()
-        if 0 < size < len(chunk):
-            self._chunks.append(chunk[size:])
-            chunk = chunk[:size]
-        return chunk
+        if not self._current:
+            chunk = self._chunks.pop() if self._chunks else self._body.read()
+            if size < 0 or len(chunk) <= size:
+                return chunk
+            self._current = memoryview(chunk)
+        size = len(self._current) if size < 0 else size
+        piece, self._current = self._current[:size], self._current[size:]
+        return bytes(piece)
 
     def chunks(self) -> Iterator[bytes]:
         while chunk := self.read():
@@ -575,11 +595,13 @@ def _small_values(data: bytes, origin: _Origin) -> Iterable[Any]:
             strict_error, origin, hint=f" (neither JSON Lines; JSON5 is only accepted up to {JSON5_MAX_BYTES} bytes)"
         )
     try:
-        return _top_values(json5.loads(text))
+        value = json5.loads(text)
     except RecursionError:
         raise _too_deep() from None
-    except ValueError:
-        pass
+    except Exception:  # json5 raises ValueError, but any failure here just means "not JSON5"
+        value = _MISSING
+    if value is not _MISSING:
+        return _top_values(value)
     if _is_jsonl_start(_first_line_value(text, lenient=True)):
         return _line_values(text, True, origin)
     raise _syntax_error(strict_error, origin, hint=" (nor JSON Lines, nor JSON5)")
@@ -752,7 +774,7 @@ def _ijson_values(stream: _Stream, body: _Body) -> Iterator[Any]:
             return
         except ManifestError:
             raise
-        except Exception as exc:  # ijson.JSONError, and the odd ValueError of a 5,000-digit number
+        except Exception as exc:  # ijson.JSONError (IncompleteJSONError), or anything else ijson raises
             reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise ManifestInvalid(
                 f"the manifest is not valid JSON: {reason[:200]} (before byte {body.offset})", byte=body.offset
