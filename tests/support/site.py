@@ -84,9 +84,8 @@ class Site:
             self.server.add(path, handler)
 
     def start(self) -> Site:
+        big_png()  # about a second to build: now, not while a client with a short deadline waits for /big.png
         self.server.start()
-        # /big.png takes about a second to build: build it now, in the background, not on a timed request.
-        threading.Thread(target=big_png, name="build-big-png", daemon=True).start()
         return self
 
     def stop(self) -> None:

@@ -220,8 +220,8 @@ def test_a_chunked_body_without_length_is_read_whole(site: Site, fetcher: ImageF
     assert result.body == images.jpeg()
 
 
-def test_a_large_png_is_read_whole(site: Site, fetcher: ImageFetcher) -> None:
-    result = fetcher.fetch(site.url("/big.png"))
+def test_a_large_png_is_read_whole(site: Site, fetchers: Callable[..., ImageFetcher]) -> None:
+    result = fetchers(timeout_seconds=30.0).fetch(site.url("/big.png"))
     assert isinstance(result, FetchedImage)
     assert len(result.body) > 5 * 1024 * 1024
     assert result.body == big_png()
@@ -586,7 +586,7 @@ def test_one_fetcher_serves_sixteen_threads_at_once(site: Site, fetcher: ImageFe
         return result.body
 
     def first(job: tuple[str, bytes | None]) -> bytes | str:
-        start.wait(5)  # all sixteen threads start together
+        start.wait(30)  # all sixteen threads start together
         return run(job)
 
     with ThreadPoolExecutor(max_workers=16) as pool:
@@ -781,3 +781,63 @@ def test_stopping_the_server_ends_long_running_handlers_promptly(
     assert error is None and seconds < SLACK
     assert not worker.is_alive()
     assert isinstance(outcome[0], ConnectionFailed)  # the answer ended early, long before the 30-s deadline
+
+
+def test_the_server_answers_head_404_and_conditional_requests_over_one_kept_alive_connection() -> None:
+    import http.client
+
+    body = images.png()
+    with LoopbackServer({"/a.png": StaticRoute(body, "image/png")}) as server:
+        connection = http.client.HTTPConnection("127.0.0.1", server.port, timeout=5)
+        try:
+            connection.request("GET", "/a.png?x=1")
+            first = connection.getresponse()
+            assert (first.status, first.read(), first.getheader("Content-Type")) == (200, body, "image/png")
+            etag = first.getheader("ETag")
+
+            connection.request("HEAD", "/a.png")
+            head = connection.getresponse()
+            assert (head.status, head.read(), head.getheader("Content-Length")) == (200, b"", str(len(body)))
+
+            for conditional in ({"If-None-Match": f'"other", W/{etag}'}, {"If-None-Match": "*"}):
+                connection.request("GET", "/a.png", headers=conditional)
+                answer = connection.getresponse()
+                assert (answer.status, answer.read(), answer.getheader("ETag")) == (304, b"", etag)
+
+            connection.request("GET", "/a.png", headers={"If-Modified-Since": "Thu, 01 Jan 1970 00:00:00 GMT"})
+            modified = connection.getresponse()
+            assert (modified.status, modified.read()) == (200, body)
+
+            connection.request("GET", "/nothing-here")
+            missing = connection.getresponse()
+            assert (missing.status, missing.getheader("Content-Type")) == (404, "text/plain; charset=utf-8")
+            missing.read()
+        finally:
+            connection.close()
+        assert server.hits("/a.png") == 5
+        assert server.not_modified_count("/a.png") == 2
+        assert server.hits("/nothing-here") == 1
+
+
+def test_stopping_the_server_closes_idle_kept_alive_connections() -> None:
+    server = LoopbackServer({"/a.png": StaticRoute(images.png(), "image/png")}).start()
+    with socket.create_connection(("127.0.0.1", server.port), timeout=5) as client:
+        client.sendall(b"GET /a.png HTTP/1.1\r\nHost: x\r\n\r\n")
+        received = b""
+        while len(received) < len(images.png()):  # headers and body; the connection stays open
+            received += client.recv(65536)
+        error, seconds = elapsed(server.stop)
+        assert error is None and seconds < SLACK
+        client.settimeout(SLACK)  # if the server kept its end open, recv() below would time out and fail the test
+        while client.recv(65536):
+            pass  # the rest of the body, then EOF: the server closed its end
+
+
+def test_the_server_knows_its_port_only_once_started() -> None:
+    server = LoopbackServer()
+    with pytest.raises(RuntimeError, match="start"):
+        _ = server.port
+    server.stop()  # stopping a server that never started is harmless
+    with server:
+        assert server.start() is server  # starting twice is harmless too
+        assert server.url("/x") == f"http://127.0.0.1:{server.port}/x"
