@@ -27,6 +27,7 @@ NotModified(final_url='https://images.example/cat.jpg', ...)
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import heapq
 import http.client
 import itertools
@@ -35,7 +36,7 @@ import ssl
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass
@@ -583,21 +584,7 @@ def _new_pool(target: Target, ip: IPAddress) -> urllib3.HTTPConnectionPool:
 
 
 def _with_redirects(outcome: FetchedImage | NotModified, redirects: tuple[str, ...]) -> FetchedImage | NotModified:
-    if not redirects:
-        return outcome
-    if isinstance(outcome, FetchedImage):
-        return FetchedImage(
-            body=outcome.body,
-            final_url=outcome.final_url,
-            status=outcome.status,
-            content_type=outcome.content_type,
-            etag=outcome.etag,
-            last_modified=outcome.last_modified,
-            redirects=redirects,
-        )
-    return NotModified(
-        final_url=outcome.final_url, etag=outcome.etag, last_modified=outcome.last_modified, redirects=redirects
-    )
+    return dataclasses.replace(outcome, redirects=redirects) if redirects else outcome
 
 
 def _content_length(response: urllib3.BaseHTTPResponse) -> int | None:
@@ -612,45 +599,31 @@ def _close(response: urllib3.BaseHTTPResponse) -> None:
         response.close()
 
 
-def _reason(exc: BaseException) -> str:
-    """The innermost useful message of a (wrapped) network exception."""
+def _causes(exc: BaseException) -> Iterator[BaseException]:
+    """``exc`` and the exceptions it wraps (``reason``, exception arguments, ``__cause__``/``__context__``)."""
     seen: set[int] = set()
     current: BaseException | None = exc
-    message = str(exc)
     while current is not None and id(current) not in seen:
         seen.add(id(current))
-        text = str(current)
-        if text:
-            message = text
+        yield current
         reason = getattr(current, "reason", None)
-        args_inner = next((arg for arg in getattr(current, "args", ()) if isinstance(arg, BaseException)), None)
-        nested = reason if isinstance(reason, BaseException) else args_inner
-        current = nested or current.__cause__ or current.__context__
-    return message[:300]
+        wrapped = reason if isinstance(reason, BaseException) else None
+        wrapped = wrapped or next((arg for arg in current.args if isinstance(arg, BaseException)), None)
+        current = wrapped or current.__cause__ or current.__context__
+
+
+def _reason(exc: BaseException) -> str:
+    """The innermost non-empty message of a (wrapped) network exception."""
+    messages = [str(cause) for cause in _causes(exc) if str(cause)]
+    return (messages[-1] if messages else type(exc).__name__)[:300]
 
 
 def _is_timeout(exc: BaseException) -> bool:
-    seen: set[int] = set()
-    current: BaseException | None = exc
-    while current is not None and id(current) not in seen:
-        seen.add(id(current))
-        if isinstance(current, Urllib3Timeout | TimeoutError | socket.timeout):
-            return True
-        inner = next((arg for arg in getattr(current, "args", ()) if isinstance(arg, BaseException)), None)
-        current = inner or current.__cause__ or current.__context__
-    return False
+    return any(isinstance(cause, Urllib3Timeout | TimeoutError) for cause in _causes(exc))
 
 
 def _is_tls(exc: BaseException) -> bool:
-    seen: set[int] = set()
-    current: BaseException | None = exc
-    while current is not None and id(current) not in seen:
-        seen.add(id(current))
-        if isinstance(current, SSLError | ssl.SSLError | ssl.CertificateError):
-            return True
-        inner = next((arg for arg in getattr(current, "args", ()) if isinstance(arg, BaseException)), None)
-        current = inner or current.__cause__ or current.__context__
-    return False
+    return any(isinstance(cause, SSLError | ssl.SSLError | ssl.CertificateError) for cause in _causes(exc))
 
 
 def _translate(exc: BaseException, target: Target | None, deadline: _Deadline) -> LabelerError:
@@ -668,4 +641,4 @@ def _translate(exc: BaseException, target: Target | None, deadline: _Deadline) -
         return ConnectionFailed(f"{where}connection failed: {_reason(exc)}")
     if isinstance(exc, ValueError):  # e.g. a header line the parser refuses
         return ConnectionFailed(f"{where}invalid HTTP response: {_reason(exc)}")
-    raise exc
+    raise exc  # not a network failure but a bug: let it surface (the pipeline records it as internal_error)
