@@ -198,3 +198,14 @@ def test_a_hostile_entry_gets_exactly_one_error_record_and_nothing_else(
 
 def test_the_table_covers_at_least_thirty_cases() -> None:
     assert len(MANIFEST_CASES) + len(ENTRY_CASES) >= 30
+
+
+def test_the_pixel_limit_is_a_setting(
+    buckets: Buckets, site: Site, fake_rekognition: FakeRekognition, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    case = Case("pixel-limit", _on_site("/photo.jpg"), "decompression_bomb", env={"MAX_IMAGE_PIXELS": "10000"})
+
+    _run(case, buckets, site, monkeypatch)
+
+    assert buckets.records()[0]["error"]["code"] == "decompression_bomb"
+    assert fake_rekognition.state.successful_calls == 0

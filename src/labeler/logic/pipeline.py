@@ -193,6 +193,7 @@ def _label_content(
         max_output_bytes=REKOGNITION_MAX_BYTES,
         min_side=REKOGNITION_MIN_SIDE,
         max_side=REKOGNITION_MAX_SIDE,
+        max_pixels=settings.max_image_pixels,
     )
     timings.mark("prepare", started)
     image = {

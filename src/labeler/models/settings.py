@@ -40,6 +40,8 @@ class Settings:
     allow_private_networks: bool = False
     label_backend: str = "rekognition"
     max_redirects: int = 5
+    # Images declaring more pixels are refused from their header, before any decoding (decompression bombs).
+    max_image_pixels: int = 40_000_000
     max_manifest_bytes: int = 1024 * MIB
     max_manifest_entries: int = 1_000_000
     inline_max_images: int = 100
@@ -92,6 +94,7 @@ class Settings:
             (self.download_timeout_seconds > 0, "DOWNLOAD_TIMEOUT_SECONDS must be positive"),
             (1 <= self.max_workers <= 256, "MAX_WORKERS must be between 1 and 256"),
             (0 <= self.max_redirects <= 20, "MAX_REDIRECTS must be between 0 and 20"),
+            (self.max_image_pixels > 0, "MAX_IMAGE_PIXELS must be positive"),
             (self.label_backend in {"rekognition", "local"}, "LABEL_BACKEND must be rekognition or local"),
             (self.max_manifest_bytes > 0, "MAX_MANIFEST_BYTES must be positive"),
             (self.max_manifest_entries > 0, "MAX_MANIFEST_ENTRIES must be positive"),
