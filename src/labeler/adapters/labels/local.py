@@ -62,8 +62,7 @@ taxonomy, the preprocessing or the model change what comes out, which is what in
 label cache.
 
 Concurrency: the backend is thread-safe (one shared onnxruntime session, one LiteRT interpreter
-per thread) and lets at most one image per core compute at a time (:data:`_CPU_SLOTS`); callers
-simply label from a thread pool.
+per thread); callers label from a thread pool, one image per thread (see ``intra_op_threads``).
 """
 
 from __future__ import annotations
@@ -270,16 +269,6 @@ class _Runtime:
         return exp / exp.sum(axis=1, keepdims=True)
 
 
-def _cpu_count() -> int:
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:  # not Linux
-        return max(1, os.cpu_count() or 1)
-
-
-# Labelling is CPU-bound: more images in flight than cores only adds switching and contention for
-# the GIL (measured on 2 cores, 8 caller threads: ~70 images/s unbounded, ~95 with this bound).
-_CPU_SLOTS = threading.BoundedSemaphore(_cpu_count())
 _RUNTIMES: dict[tuple[Path, int | None], _Runtime] = {}
 _FACE_DETECTORS: dict[Path, Any] = {}
 _LOAD_LOCK = threading.Lock()
@@ -465,10 +454,9 @@ class LocalLabelBackend:
     def detect_labels(self, image: bytes, *, min_confidence: float, max_labels: int) -> LabelResult:
         runtime = _runtime(self._files, self._intra_op_threads)
         detector = _face_detector(self._files.directory) if self.faces else None
-        with _CPU_SLOTS:
-            rgb = decode(image)
-            probabilities = runtime.probabilities(classifier_input(rgb))[0]
-            found = detector.detect(rgb) if detector is not None else []
+        rgb = decode(image)
+        probabilities = runtime.probabilities(classifier_input(rgb))[0]
+        found = detector.detect(rgb) if detector is not None else []
         labels = labels_from_probabilities(
             probabilities,
             runtime.taxonomy,
