@@ -42,6 +42,11 @@ def peak_rss_mb() -> float:
     return ru_maxrss_mb()
 
 
+def cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
 def ru_maxrss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
 
@@ -77,11 +82,14 @@ def task_product(spec: dict[str, Any]) -> dict[str, Any]:
         s3_calls[event_name.rsplit(".", 1)[-1]] += 1  # one per API call (retries not included)
 
     services.store.client.meta.events.register("before-call.s3.*", count)  # type: ignore[attr-defined]
+    cpu_before = cpu_seconds()
     response = manifest_created.handler(spec["event"], FakeLambdaContext())
     finished = time.perf_counter()
+    cpu_s = cpu_seconds() - cpu_before
     return {
         "init_s": built - started,
         "handler_s": finished - built,
+        "handler_cpu_s": cpu_s,
         "response": response,
         "s3_calls": dict(s3_calls),
     }

@@ -6,7 +6,7 @@
   another machine too.
 * **Rekognition**: ``tests.support.fake_rekognition.FakeRekognition`` (a ``ThreadingHTTPServer``:
   concurrent calls overlap) in the orchestrating process, with a thin subclass of its request
-  handler that also records when each call finished (for the quota-utilisation figure).
+  handler that also records when each call arrived (for the quota-utilisation figure).
 * **Image hosts**: ``labeler.local.http_server.LoopbackServer`` in the orchestrating process.
 
 The code under test (the handler, the baseline loop) always runs in a separate child process
@@ -112,25 +112,26 @@ def child_base_env() -> dict[str, str]:
 
 
 class TimedRekognition:
-    """``FakeRekognition`` plus the finish time of every successful DetectLabels call."""
+    """``FakeRekognition`` plus the arrival time of every successful DetectLabels call."""
 
     def __init__(self) -> None:
         from tests.support.fake_rekognition import FakeRekognition, _Handler
 
-        finished: list[float] = []
+        arrivals: list[float] = []
         lock = threading.Lock()
 
         class _TimedHandler(_Handler):
             def do_POST(self) -> None:
+                arrived = time.monotonic()
                 before = self.server.state.successful_calls
                 super().do_POST()
                 if self.server.state.successful_calls > before:
                     with lock:
-                        finished.append(time.monotonic())
+                        arrivals.append(arrived)
 
         self.fake = FakeRekognition()
         self.fake._server.RequestHandlerClass = _TimedHandler
-        self.finished = finished
+        self.arrivals = arrivals
         self.endpoint_url = self.fake.endpoint_url
 
     @property
@@ -140,7 +141,7 @@ class TimedRekognition:
     def reset(self, latency_seconds: float = 0.0) -> None:
         self.fake.state.reset()
         self.fake.state.latency_seconds = latency_seconds
-        self.finished.clear()
+        self.arrivals.clear()
 
     @property
     def successful_calls(self) -> int:
