@@ -20,7 +20,7 @@ DetectLabels takes JPEG or PNG bytes of at most 5 MB with each side within 80…
    the quality and size are lowered in steps until the bytes fit ``max_output_bytes``.
 
 Memory: several entries run concurrently, so every decode that needs real memory first reserves
-an estimate of it from a process-wide budget (``LABELER_IMAGE_MEMORY_MB``, default 128): big
+an estimate of it from a process-wide budget (setting ``IMAGE_MEMORY_MB``, default 128): big
 conversions wait their turn (first come, first served) instead of exhausting the Lambda's memory;
 one image larger than the whole budget runs alone. Small decodes (under 8 MiB) skip the queue.
 
@@ -40,7 +40,6 @@ from __future__ import annotations
 
 import io
 import math
-import os
 import struct
 import threading
 import zlib
@@ -676,12 +675,12 @@ class _MemoryBudget:
                 self._condition.notify_all()
 
 
-def _budget_from_env() -> int:
-    try:
-        megabytes = int(os.environ.get("LABELER_IMAGE_MEMORY_MB", "128"))
-    except ValueError:
-        megabytes = 128
-    return max(16, megabytes) * 1024 * 1024
+DEFAULT_MEMORY_BUDGET_MB = 128
+_BUDGET = _MemoryBudget(DEFAULT_MEMORY_BUDGET_MB * 1024 * 1024)
 
 
-_BUDGET = _MemoryBudget(_budget_from_env())
+def set_memory_budget(megabytes: int) -> None:
+    """Set the process-wide decode budget (``IMAGE_MEMORY_MB``; the composition root calls this once)."""
+    with _BUDGET._condition:
+        _BUDGET.capacity = max(16, megabytes) * 1024 * 1024
+        _BUDGET._condition.notify_all()

@@ -39,6 +39,9 @@ def build_backend(settings: Settings) -> LabelBackend:
 
 def build_services(settings: Settings) -> Services:
     """Wire S3, the safe fetcher, the label backend and the cache for ``settings``."""
+    from labeler.adapters.images import set_memory_budget
+
+    set_memory_budget(settings.image_memory_mb)
     store = S3Store(build_s3_client(max(10, settings.max_workers * 2)), settings.output_bucket)
     fetcher = ImageFetcher(
         FetchPolicy(

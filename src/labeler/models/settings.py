@@ -42,6 +42,8 @@ class Settings:
     max_redirects: int = 5
     # Images declaring more pixels are refused from their header, before any decoding (decompression bombs).
     max_image_pixels: int = 40_000_000
+    # Decoded pixels held at once by all workers (big conversions queue for it instead of exhausting memory).
+    image_memory_mb: int = 128
     max_manifest_bytes: int = 1024 * MIB
     max_manifest_entries: int = 1_000_000
     inline_max_images: int = 100
@@ -95,6 +97,7 @@ class Settings:
             (1 <= self.max_workers <= 256, "MAX_WORKERS must be between 1 and 256"),
             (0 <= self.max_redirects <= 20, "MAX_REDIRECTS must be between 0 and 20"),
             (self.max_image_pixels > 0, "MAX_IMAGE_PIXELS must be positive"),
+            (self.image_memory_mb >= 16, "IMAGE_MEMORY_MB must be at least 16"),
             (self.label_backend in {"rekognition", "local"}, "LABEL_BACKEND must be rekognition or local"),
             (self.max_manifest_bytes > 0, "MAX_MANIFEST_BYTES must be positive"),
             (self.max_manifest_entries > 0, "MAX_MANIFEST_ENTRIES must be positive"),
