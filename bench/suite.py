@@ -192,7 +192,8 @@ def bench_throughput(si: StandIns, *, n: int, workers: int, download_s: float, l
             si,
             all_entries,
             key="manifests/quota.json",
-            env_options={"workers": quota_workers, "inline": quota_n, "cache": True, "max_tps": quota},
+            # cache off: fewer S3 round trips per image, so that demand clearly exceeds the quota
+            env_options={"workers": quota_workers, "inline": quota_n, "cache": False, "max_tps": quota},
         )
         arrivals = sorted(si.rekognition.arrivals)
 
@@ -263,9 +264,17 @@ def bench_throughput(si: StandIns, *, n: int, workers: int, download_s: float, l
             "speedup": round(baseline_wall / no_cache["handler_s"], 2),
             "s3_calls_per_image": {name: round(c / n, 2) for name, c in sorted(no_cache["s3_calls"].items())},
         }
-    metrics["rekognition_quota_utilisation"] = _quota_metric(
-        arrivals, quota, limited, quota_n, quota_workers, label_s, download_s
-    )
+    try:
+        metrics["rekognition_quota_utilisation"] = _quota_metric(
+            arrivals, quota, limited, quota_n, quota_workers, label_s, download_s
+        )
+    except RuntimeError as exc:  # this measure only; the others stand
+        log(f"ERROR in rekognition_quota_utilisation: {exc}")
+        metrics["rekognition_quota_utilisation"] = {
+            "error": str(exc),
+            "meets_target": False,
+            "raw": {"arrivals_s": [round(moment - arrivals[0], 4) for moment in arrivals] if arrivals else []},
+        }
     return metrics
 
 
@@ -327,7 +336,8 @@ def _quota_metric(
             "max_workers": workers,
             "calls_per_wall_second": [per_second.get(second, 0) for second in range(max(per_second) + 1)],
             "handler_s": round(run["handler_s"], 4),
-            "demand_calls_per_s": round(workers / (download_s + label_s), 2),
+            "demand_calls_per_s_at_most": round(workers / (download_s + label_s), 2),
+            "label_cache": "off (fewer S3 round trips per image: demand well above the quota)",
             "images": n,
         },
         note="informative (docs/scale.md's ≥ 95 % of quota): the limiter must use the quota, not exceed it",
@@ -888,7 +898,7 @@ def main(argv: list[str] | None = None) -> int:
         "machine": host,
         "generated_at": started_at.isoformat(timespec="seconds"),
         "duration_s": round(time.perf_counter() - t0, 1),
-        "command": "make bench (" + " ".join(["bench/run.py", *(argv if argv is not None else sys.argv[1:])]) + ")",
+        "command": " ".join(["bench/run.py", *(argv if argv is not None else sys.argv[1:])]),
         "metrics": ordered,
         "informative": informative,
     }
@@ -900,7 +910,8 @@ def main(argv: list[str] | None = None) -> int:
         f"\nwrote {args.output.relative_to(ROOT) if args.output.is_relative_to(ROOT) else args.output} "
         f"in {results['duration_s']} s"
     )
-    if errors:
-        print(f"ERRORS (measurements not made): {', '.join(errors)}")
+    not_made = sorted({*errors, *(name for name, item in ordered.items() if "error" in item)})
+    if not_made:
+        print(f"ERRORS (measurements not made): {', '.join(not_made)}")
         return 1
     return 0
