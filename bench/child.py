@@ -17,8 +17,10 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import resource
 import sys
+import threading
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -49,6 +51,61 @@ def cpu_seconds() -> float:
 
 def ru_maxrss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+
+
+class _StackSampler(threading.Thread):
+    """Samples every thread's stack every 5 ms; counts, per function, the samples that were running
+    Python code under it (not blocked in a socket or a lock). Diagnostics only."""
+
+    BLOCKING = ("recv_into", "acquire", "wait", "select", "poll", "sleep", "readinto", "sendall", "connect")
+
+    def __init__(self, path: str) -> None:
+        super().__init__(daemon=True)
+        self.path = path
+        self.halt = threading.Event()
+        self.samples = 0
+        self.busy: Counter[str] = Counter()
+        self.inclusive: Counter[str] = Counter()
+
+    def run(self) -> None:
+        me = threading.get_ident()
+        while not self.halt.wait(0.005):
+            for ident, frame in sys._current_frames().items():
+                if ident == me:
+                    continue
+                self.samples += 1
+                leaf = frame.f_code.co_name
+                if any(word in leaf for word in self.BLOCKING):
+                    continue
+                self.busy[f"{frame.f_code.co_filename.rsplit('/', 2)[-1]}:{leaf}"] += 1
+                seen: set[str] = set()
+                walker: Any = frame
+                while walker is not None:
+                    path = walker.f_code.co_filename
+                    if "site-packages/" in path:
+                        name = path.split("site-packages/")[-1].split("/")[0]
+                    elif "/src/" in path:
+                        name = path.split("/src/")[-1].split("/")[0]
+                    else:
+                        name = "stdlib/other"
+                    if name not in seen:
+                        seen.add(name)
+                        self.inclusive[name] += 1
+                    walker = walker.f_back
+
+    def stop(self) -> None:
+        self.halt.set()
+        self.join()
+        with open(self.path, "w", encoding="utf-8") as handle:
+            json.dump(
+                {
+                    "samples": self.samples,
+                    "busy_by_leaf": self.busy.most_common(40),
+                    "busy_by_package": self.inclusive.most_common(30),
+                },
+                handle,
+                indent=1,
+            )
 
 
 class StubBackend:
@@ -83,7 +140,12 @@ def task_product(spec: dict[str, Any]) -> dict[str, Any]:
 
     services.store.client.meta.events.register("before-call.s3.*", count)  # type: ignore[attr-defined]
     cpu_before = cpu_seconds()
+    sampler = _StackSampler(os.environ["BENCH_SAMPLE"]) if os.environ.get("BENCH_SAMPLE") else None
+    if sampler:  # diagnostics: where the worker threads' CPU goes (BENCH_SAMPLE=path.json)
+        sampler.start()
     response = manifest_created.handler(spec["event"], FakeLambdaContext())
+    if sampler:
+        sampler.stop()
     finished = time.perf_counter()
     cpu_s = cpu_seconds() - cpu_before
     return {
