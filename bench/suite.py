@@ -793,6 +793,19 @@ def machine() -> dict[str, Any]:
     return info
 
 
+def source_state() -> dict[str, Any]:
+    """The commit measured, and whether src/ had uncommitted changes (others may be editing it)."""
+
+    def git(*args: str) -> str:
+        out = subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True, timeout=30, check=False)
+        return out.stdout.strip()
+
+    return {
+        "commit": git("rev-parse", "HEAD") or None,
+        "src_uncommitted_changes": sorted(line[3:] for line in git("status", "--porcelain", "--", "src").splitlines()),
+    }
+
+
 def print_table(metrics: Metrics) -> None:
     header = f"{'metric':<32} {'value':>12} {'target':>10} {'ok':>4} {'baseline':>12}  ratio value/baseline"
     print(header)
@@ -899,6 +912,7 @@ def main(argv: list[str] | None = None) -> int:
         "generated_at": started_at.isoformat(timespec="seconds"),
         "duration_s": round(time.perf_counter() - t0, 1),
         "command": " ".join(["bench/run.py", *(argv if argv is not None else sys.argv[1:])]),
+        "source": source_state(),
         "metrics": ordered,
         "informative": informative,
     }
