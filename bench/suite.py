@@ -798,10 +798,10 @@ def source_state() -> dict[str, Any]:
 
     def git(*args: str) -> str:
         out = subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True, timeout=30, check=False)
-        return out.stdout.strip()
+        return out.stdout.rstrip("\n")  # not strip(): porcelain lines start with a status column
 
     return {
-        "commit": git("rev-parse", "HEAD") or None,
+        "commit": git("rev-parse", "HEAD").strip() or None,
         "src_uncommitted_changes": sorted(line[3:] for line in git("status", "--porcelain", "--", "src").splitlines()),
     }
 
