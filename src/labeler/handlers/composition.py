@@ -6,19 +6,22 @@ Handlers call :func:`get_services`; tests call :func:`reset_services` after chan
 from __future__ import annotations
 
 import threading
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
 
 from labeler.adapters.fetch import FetchPolicy, ImageFetcher
 from labeler.adapters.labels import get_backend
 from labeler.adapters.labels.base import LabelBackend
-from labeler.adapters.progress import ProgressTable
-from labeler.adapters.queue import WorkQueue
 from labeler.adapters.ratelimit import TokenBucket
 from labeler.adapters.store import S3Store, build_s3_client
 from labeler.handlers.idempotency import OncePerDelivery
 from labeler.logic.cache import LabelCache
-from labeler.logic.fanout import FanOut
 from labeler.logic.pipeline import Services
+from labeler.models.records import EntryItem, ManifestRef
 from labeler.models.settings import Settings
+
+if TYPE_CHECKING:  # the fan-out machinery is imported when a manifest first needs it (fast cold starts)
+    from labeler.logic.fanout import FanOut
 
 _lock = threading.Lock()
 _services: Services | None = None
@@ -71,6 +74,10 @@ def build_fanout(services: Services) -> FanOut | None:
         return None
     import boto3
 
+    from labeler.adapters.progress import ProgressTable
+    from labeler.adapters.queue import WorkQueue
+    from labeler.logic.fanout import FanOut
+
     queue = WorkQueue(boto3.client("sqs"), settings.work_queue_url)
     progress = ProgressTable(boto3.client("dynamodb"), settings.state_table)
     return FanOut(services=services, queue=queue, progress=progress)
@@ -83,6 +90,22 @@ def get_fanout() -> FanOut | None:
         if not _fanout_built:
             _fanout, _fanout_built = build_fanout(services), True
         return _fanout
+
+
+def fan_out_on_demand(settings: Settings) -> Any:
+    """``FanOut.split`` for :func:`process_manifest`, built only when a manifest is too large to label inline.
+
+    ``None`` when the work queue and the state table are not configured (local runs label inline).
+    """
+    if not (settings.work_queue_url and settings.state_table):
+        return None
+
+    def split(manifest: ManifestRef, entries: Iterator[EntryItem], head: list[Any]) -> dict[str, Any]:
+        fanout = get_fanout()
+        assert fanout is not None
+        return fanout.split(manifest, entries, head)
+
+    return split
 
 
 def get_once() -> OncePerDelivery:

@@ -15,9 +15,8 @@ from aws_lambda_powertools.utilities.data_classes import S3Event
 from aws_lambda_powertools.utilities.data_classes.s3_event import S3EventRecord
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
-from labeler.handlers.composition import get_fanout, get_once, get_services
+from labeler.handlers.composition import fan_out_on_demand, get_once, get_services
 from labeler.handlers.idempotency import DuplicateInProgress
-from labeler.logic.fanout import FanOut
 from labeler.logic.pipeline import Deadline, Services, process_manifest
 from labeler.models.records import ManifestRef
 from labeler.observability import logger, metrics, tracer
@@ -45,9 +44,9 @@ def publish_metrics(report: dict[str, Any]) -> None:
         metrics.add_metric(name="ManifestsRejected", unit=MetricUnit.Count, value=1)
 
 
-def label_manifest(services: Services, fanout: FanOut | None, ref: ManifestRef, deadline: Deadline) -> dict[str, Any]:
+def label_manifest(services: Services, ref: ManifestRef, deadline: Deadline) -> dict[str, Any]:
     """Process one manifest (inline or fanned out) and return the summary the handler answers with."""
-    report = process_manifest(services, ref, deadline, fan_out=fanout.split if fanout else None)
+    report = process_manifest(services, ref, deadline, fan_out=fan_out_on_demand(services.settings))
     publish_metrics(report)
     return {key: report[key] for key in ("manifest", "status", "total", "succeeded", "failed")}
 
@@ -60,7 +59,6 @@ def handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
         logger.info("event without records ignored", extra={"event_keys": sorted(event)})
         return {"manifests": []}
     services = get_services()
-    fanout = get_fanout()
     once = get_once()
     once.register_context(context)
     deadline = Deadline(context.get_remaining_time_in_millis, services.settings.deadline_margin_ms)
@@ -70,7 +68,7 @@ def handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
         ref = manifest_ref(record)
         logger.append_keys(manifest=f"s3://{ref.bucket}/{ref.key}")
         try:
-            summary = once.run_once(ref.to_dict(), partial(label_manifest, services, fanout, ref, deadline))
+            summary = once.run_once(ref.to_dict(), partial(label_manifest, services, ref, deadline))
         except DuplicateInProgress:
             continue  # its twin writes the records and the report
         except Exception as exc:  # finish the other records first; then fail so S3 retries this event

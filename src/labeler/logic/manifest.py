@@ -81,9 +81,6 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any, BinaryIO
 
-import ijson
-import json5
-
 from labeler.logic.keys import derive_image_id
 from labeler.models.errors import (
     DuplicateId,
@@ -521,6 +518,8 @@ def _loads_line(line: str, lenient: bool) -> Any:
             raise
         strict = exc
     try:
+        import json5  # lazy: only hand-written manifests need it, and the handler must import fast
+
         return json5.loads(line)
     except Exception:  # json5's ValueError, RecursionError...: JSON's own message is the clearer one
         raise strict from None
@@ -595,6 +594,8 @@ def _small_values(data: bytes, origin: _Origin) -> Iterable[Any]:
             strict_error, origin, hint=f" (neither JSON Lines; JSON5 is only accepted up to {JSON5_MAX_BYTES} bytes)"
         )
     try:
+        import json5  # lazy, see above
+
         value = json5.loads(text)
     except RecursionError:
         raise _too_deep() from None
@@ -765,6 +766,8 @@ def _ijson_values(stream: _Stream, body: _Body) -> Iterator[Any]:
     # use_float: yajl itself parses numbers, and refuses those beyond 64-bit integers or doubles
     # ("integer overflow"). Without it, ijson hands a 5,000-digit integer to int(), whose
     # ValueError it mishandles (SystemError, even a segmentation fault in ijson 3.6).
+    import ijson  # lazy: only large manifests are streamed
+
     events = iter(ijson.basic_parse(stream, use_float=True, buf_size=IJSON_READ_BYTES))
     values = _streamed_json(events)
     while True:
