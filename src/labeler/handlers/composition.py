@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
 from labeler.adapters.fetch import FetchPolicy, ImageFetcher
@@ -63,6 +64,7 @@ def build_services(settings: Settings) -> Services:
             min_confidence=settings.min_confidence,
             max_labels=settings.max_labels,
             current_model_version=lambda: getattr(backend, "model_version", None),
+            writer=ThreadPoolExecutor(max_workers=4, thread_name_prefix="cache-write"),
         )
     return Services(settings=settings, store=store, fetcher=fetcher, backend=backend, cache=cache)
 
@@ -133,5 +135,7 @@ def reset_services(services: Services | None = None) -> None:
         _once = None
         if _services is not None and services is None:
             _services.fetcher.close()
+            if _services.cache is not None:
+                _services.cache.close()
         _services = services
         _fanout, _fanout_built = None, False

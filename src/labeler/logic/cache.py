@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import hashlib
 import threading
+from collections import OrderedDict
 from collections.abc import Callable, Iterator
+from concurrent.futures import Executor, Future, wait
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -94,11 +96,22 @@ class LabelCache:
         min_confidence: float,
         max_labels: int,
         current_model_version: Callable[[], str | None] = lambda: None,
+        writer: Executor | None = None,
+        recent_size: int = 2048,
     ) -> None:
         self._store = store
         self._backend = backend
         self._settings_tag = f"c{min_confidence:g}-n{max_labels}"
         self._current_model_version = current_model_version
+        # Cache writes are off the entry's critical path when a writer pool is given; flush() waits for them.
+        self._writer = writer
+        self._pending: set[Future[None]] = set()
+        self._pending_lock = threading.Lock()
+        # Labels written by this container, newest last: same bytes again (in this invocation or a warm
+        # one) cost no S3 read, and a write still in flight is already visible.
+        self._recent: OrderedDict[str, CachedLabels] = OrderedDict()
+        self._recent_size = recent_size
+        self._recent_lock = threading.Lock()
 
     def labels_key(self, sha256: str) -> str:
         return f"{CACHE_PREFIX}labels/{self._backend}/{self._settings_tag}/{sha256[:2]}/{sha256}.json"
@@ -114,28 +127,73 @@ class LabelCache:
             logger.warning("label cache read failed", extra={"key": key}, exc_info=True)
             return None
 
+    def _is_current(self, version: str) -> bool:
+        current = self._current_model_version()
+        # Rekognition reveals its model version only in a response: before the first one, trust the cache.
+        return not current or version == current
+
     def get_labels(self, sha256: str) -> CachedLabels | None:
+        with self._recent_lock:
+            recent = self._recent.get(sha256)
+            if recent is not None:
+                self._recent.move_to_end(sha256)
+        if recent is not None and self._is_current(recent.model_version):
+            return recent
         document = self._read(self.labels_key(sha256))
         if not document or not isinstance(document.get("labels"), list):
             return None
         version = str(document.get("model_version", ""))
-        current = self._current_model_version()
-        # Rekognition reveals its model version only in a response: before the first one, trust the cache.
-        if current and version != current:
+        if not self._is_current(version):
             return None
         return CachedLabels(labels=document["labels"], model_version=version, image=document.get("image", {}))
 
     def put_labels(self, sha256: str, labels: list[dict[str, Any]], model_version: str, image: dict[str, Any]) -> None:
-        self._store.put_json(
-            self.labels_key(sha256),
-            {
-                "sha256": sha256,
-                "backend": self._backend,
-                "model_version": model_version,
-                "labels": labels,
-                "image": image,
-            },
-        )
+        with self._recent_lock:
+            self._recent[sha256] = CachedLabels(labels=labels, model_version=model_version, image=image)
+            self._recent.move_to_end(sha256)
+            while len(self._recent) > self._recent_size:
+                self._recent.popitem(last=False)
+        document = {
+            "sha256": sha256,
+            "backend": self._backend,
+            "model_version": model_version,
+            "labels": labels,
+            "image": image,
+        }
+        self._write(self.labels_key(sha256), document)
+
+    def _write(self, key: str, document: dict[str, Any]) -> None:
+        if self._writer is None:
+            self._store.put_json(key, document)
+            return
+
+        def write() -> None:
+            try:
+                self._store.put_json(key, document)
+            except Exception:  # the labels are good; a later run may just pay for them again
+                logger.warning("cache write failed", extra={"key": key}, exc_info=True)
+
+        future = self._writer.submit(write)
+        with self._pending_lock:
+            self._pending.add(future)
+        future.add_done_callback(self._forget)
+
+    def _forget(self, future: Future[None]) -> None:
+        with self._pending_lock:
+            self._pending.discard(future)
+
+    def close(self) -> None:
+        """Flush, then stop the writer pool (the container's services are being replaced)."""
+        self.flush()
+        if self._writer is not None:
+            self._writer.shutdown(wait=True)
+
+    def flush(self, timeout: float | None = 30.0) -> None:
+        """Wait for the cache writes in flight (before an invocation returns and Lambda freezes it)."""
+        with self._pending_lock:
+            pending = set(self._pending)
+        if pending:
+            wait(pending, timeout=timeout)
 
     def get_url_memo(self, url: str) -> UrlMemo | None:
         document = self._read(self.url_key(url))
@@ -150,7 +208,7 @@ class LabelCache:
     def put_url_memo(self, url: str, memo: UrlMemo) -> None:
         if not (memo.etag or memo.last_modified):
             return  # nothing to validate against next time
-        self._store.put_json(
+        self._write(
             self.url_key(url),
             {"url": url, "etag": memo.etag, "last_modified": memo.last_modified, "sha256": memo.sha256},
         )

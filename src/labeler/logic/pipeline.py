@@ -256,13 +256,17 @@ def _success(
     )
 
 
-def label_entry(services: Services, manifest: ManifestRef, entry: ManifestEntry) -> EntryOutcome:
+def label_entry(
+    services: Services, manifest: ManifestRef, entry: ManifestEntry, *, check_existing: bool = True
+) -> EntryOutcome:
     """Fetch, check, label and store one entry. Never raises for the entry's own failures.
 
+    ``check_existing``: first look for a record an earlier delivery of this very upload wrote (one
+    ``HEAD``). Callers that know there was no earlier attempt pass False and save the request.
     Raises :class:`ResultWriteFailed` only when the record itself cannot be stored.
     """
     key = result_key(manifest, entry.image_id)
-    done = _already_done(services, manifest, key)
+    done = _already_done(services, manifest, key) if check_existing else None
     if done is not None:
         return done
 
@@ -345,10 +349,10 @@ def label_entry_failed(services: Services, manifest: ManifestRef, entry: Manifes
     return EntryOutcome(ok=False, code=str(error.code))
 
 
-def _run_one(services: Services, manifest: ManifestRef, item: EntryItem) -> EntryOutcome:
+def _run_one(services: Services, manifest: ManifestRef, item: EntryItem, check_existing: bool) -> EntryOutcome:
     if isinstance(item, RejectedEntry):
         return record_rejected(services, manifest, item)
-    return label_entry(services, manifest, item)
+    return label_entry(services, manifest, item, check_existing=check_existing)
 
 
 # --- many entries -----------------------------------------------------------------------------------
@@ -369,6 +373,8 @@ def process_entries(
     items: Iterable[EntryItem],
     deadline: Deadline | None = None,
     on_outcome: Callable[[EntryOutcome], None] | None = None,
+    *,
+    check_existing: bool = True,
 ) -> RunResult:
     """Run ``items`` over ``MAX_WORKERS`` threads with a bounded number in flight.
 
@@ -400,13 +406,15 @@ def process_entries(
                     result.stopped_early = True
                     result.unstarted.append(item)
                     break
-                in_flight.add(pool.submit(_run_one, services, manifest, item))
+                in_flight.add(pool.submit(_run_one, services, manifest, item, check_existing))
                 if len(in_flight) >= 2 * workers:
                     done, in_flight = wait(in_flight, return_when=FIRST_COMPLETED)
                     collect(done)
         except ManifestError as exc:  # found mid-stream: what was read before it still counts
             result.manifest_error = exc
         collect(wait(in_flight).done)
+    if services.cache is not None:
+        services.cache.flush()  # before the invocation returns and Lambda freezes the writers
     return result
 
 
@@ -419,6 +427,32 @@ def open_entries(services: Services, manifest: ManifestRef) -> tuple[ManifestRef
         opened.body, max_bytes=settings.max_manifest_bytes, max_entries=settings.max_manifest_entries
     )
     return opened.ref, entries
+
+
+def _earlier_attempt(services: Services, manifest: ManifestRef) -> bool:
+    """Whether a delivery of this very upload ran before (its report exists, perhaps ``incomplete``).
+
+    Only then can records of this run exist, so only then is each entry's key checked first: a new
+    upload saves one request per image. A failed read means "cannot tell": check every entry.
+    """
+    if not manifest.run_id:
+        return False
+    try:
+        report = services.store.get_json(report_key(manifest))
+    except Exception:
+        logger.warning("cannot read the previous report; checking every entry", exc_info=True)
+        return True
+    if not report or not isinstance(report.get("manifest"), dict):
+        return False
+    earlier = report["manifest"]
+    previous = ManifestRef(
+        bucket=manifest.bucket,
+        key=manifest.key,
+        etag=earlier.get("etag"),
+        version_id=earlier.get("version_id"),
+        sequencer=earlier.get("sequencer"),
+    )
+    return previous.run_id == manifest.run_id
 
 
 def process_manifest(
@@ -466,7 +500,8 @@ def process_manifest(
     if fan_out is not None and len(head) > services.settings.inline_max_images:
         return fan_out(manifest, entries, head)
 
-    run = process_entries(services, manifest, chain(head, entries), deadline, on_outcome)
+    resuming = _earlier_attempt(services, manifest)
+    run = process_entries(services, manifest, chain(head, entries), deadline, on_outcome, check_existing=resuming)
     tally, manifest_error = run.tally, run.manifest_error
     if run.write_failures:
         finish("incomplete")
