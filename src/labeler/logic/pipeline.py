@@ -257,7 +257,12 @@ def _success(
 
 
 def label_entry(
-    services: Services, manifest: ManifestRef, entry: ManifestEntry, *, check_existing: bool = True
+    services: Services,
+    manifest: ManifestRef,
+    entry: ManifestEntry,
+    *,
+    check_existing: bool = True,
+    memo_ahead: Future[UrlMemo | None] | None = None,
 ) -> EntryOutcome:
     """Fetch, check, label and store one entry. Never raises for the entry's own failures.
 
@@ -273,7 +278,7 @@ def label_entry(
     timings = _Timings()
     outcome: EntryOutcome
     try:
-        memo = services.cache.get_url_memo(entry.url) if services.cache else None
+        memo = _url_memo(services, entry.url, memo_ahead)
         started = time.perf_counter()
         fetched = _fetch(services, entry.url, memo)
         timings.mark("download", started)
@@ -349,10 +354,27 @@ def label_entry_failed(services: Services, manifest: ManifestRef, entry: Manifes
     return EntryOutcome(ok=False, code=str(error.code))
 
 
-def _run_one(services: Services, manifest: ManifestRef, item: EntryItem, check_existing: bool) -> EntryOutcome:
+def _url_memo(services: Services, url: str, ahead: Future[UrlMemo | None] | None) -> UrlMemo | None:
+    if services.cache is None:
+        return None
+    if ahead is not None:
+        try:
+            return ahead.result()
+        except Exception:  # the read-ahead failed: read now
+            logger.warning("url memo read-ahead failed", exc_info=True)
+    return services.cache.get_url_memo(url)
+
+
+def _run_one(
+    services: Services,
+    manifest: ManifestRef,
+    item: EntryItem,
+    check_existing: bool,
+    memo_ahead: Future[UrlMemo | None] | None = None,
+) -> EntryOutcome:
     if isinstance(item, RejectedEntry):
         return record_rejected(services, manifest, item)
-    return label_entry(services, manifest, item, check_existing=check_existing)
+    return label_entry(services, manifest, item, check_existing=check_existing, memo_ahead=memo_ahead)
 
 
 # --- many entries -----------------------------------------------------------------------------------
@@ -398,6 +420,9 @@ def process_entries(
             if on_outcome is not None:
                 on_outcome(outcome)
 
+    # Entries wait in the pool's queue (up to 2 × MAX_WORKERS ahead); meanwhile a small pool reads
+    # their URL memos, so a worker that picks an entry up starts its download at once.
+    read_ahead = ThreadPoolExecutor(max_workers=4, thread_name_prefix="read-ahead") if services.cache else None
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="entry") as pool:
         in_flight: set[Future[EntryOutcome]] = set()
         try:
@@ -406,13 +431,18 @@ def process_entries(
                     result.stopped_early = True
                     result.unstarted.append(item)
                     break
-                in_flight.add(pool.submit(_run_one, services, manifest, item, check_existing))
+                ahead = None
+                if read_ahead is not None and isinstance(item, ManifestEntry):
+                    ahead = read_ahead.submit(services.cache.get_url_memo, item.url)  # type: ignore[union-attr]
+                in_flight.add(pool.submit(_run_one, services, manifest, item, check_existing, ahead))
                 if len(in_flight) >= 2 * workers:
                     done, in_flight = wait(in_flight, return_when=FIRST_COMPLETED)
                     collect(done)
         except ManifestError as exc:  # found mid-stream: what was read before it still counts
             result.manifest_error = exc
         collect(wait(in_flight).done)
+    if read_ahead is not None:
+        read_ahead.shutdown(wait=True, cancel_futures=True)
     if services.cache is not None:
         services.cache.flush()  # before the invocation returns and Lambda freezes the writers
     return result
