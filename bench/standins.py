@@ -54,6 +54,17 @@ class MotoProcess:
         self.endpoint_url = line
         return self
 
+    def cpu_seconds(self) -> float:
+        """User + system CPU time the moto process has used so far (Linux ``/proc``; 0 elsewhere)."""
+        if self._proc is None:
+            return 0.0
+        try:
+            with open(f"/proc/{self._proc.pid}/stat", encoding="ascii") as handle:
+                fields = handle.read().rsplit(")", 1)[1].split()
+        except OSError:
+            return 0.0
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime, stime
+
     def stop(self) -> None:
         proc, self._proc = self._proc, None
         if proc is None:

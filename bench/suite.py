@@ -135,7 +135,12 @@ def _run_product(
     output_bucket = output_bucket or si.new_bucket("out")
     event = si.upload_manifest(input_bucket, key, entries)
     calls_before = si.rekognition.successful_calls
+    moto_cpu, own_cpu = si.moto.cpu_seconds(), _own_cpu_seconds()
     result = run_child("product", {"event": event}, product_env(si, output_bucket, **env_options))
+    result["standins_cpu_s"] = {
+        "s3_moto_process": round(si.moto.cpu_seconds() - moto_cpu, 3),
+        "orchestrator (image host + Rekognition stand-in)": round(_own_cpu_seconds() - own_cpu, 3),
+    }
     result["rekognition_calls"] = si.rekognition.successful_calls - calls_before
     result["report"] = si.reports(output_bucket)[key]
     result["output_bucket"] = output_bucket
@@ -144,6 +149,13 @@ def _run_product(
     if summary.get("status") != "complete" or summary.get("failed"):
         raise RuntimeError(f"the product run of {key} did not label everything: {_short_report(summary)}")
     return result
+
+
+def _own_cpu_seconds() -> float:
+    import resource
+
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
 
 
 def _short_report(report: dict[str, Any]) -> dict[str, Any]:
@@ -225,6 +237,9 @@ def bench_throughput(si: StandIns, *, n: int, workers: int, download_s: float, l
         "product_handler_s": [round(wall, 4) for wall in walls],
         "product_init_s": [round(run["init_s"], 4) for run in product_runs],
         "product_handler_cpu_s": [round(run["handler_cpu_s"], 3) for run in product_runs],
+        "standins_cpu_s_per_product_run": [run["standins_cpu_s"] for run in product_runs],
+        "cpu_capacity_note": f"{os.cpu_count()} vCPUs: a run of W seconds has {os.cpu_count()}·W CPU-seconds for "
+        "the handler, moto, the stand-ins and anything else running on the machine",
         "product_report_timings_ms": [run["report"].get("timings_ms") for run in product_runs],
         "product_s3_calls_per_image": {
             name: round(count / n, 2) for name, count in sorted(product_runs[-1]["s3_calls"].items())
@@ -831,7 +846,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--images", type=int, default=200, help="entries of the throughput manifest")
     parser.add_argument("--memory-images", type=int, default=1000, help="entries of the memory manifest")
     parser.add_argument("--repeats", type=int, default=3, help="product runs in the throughput group (median)")
-    parser.add_argument("--import-runs", type=int, default=9)
+    parser.add_argument("--import-runs", type=int, default=15)
     parser.add_argument(
         "--memory-variants",
         type=int,
