@@ -17,7 +17,7 @@ LABELS = {
     "rekognition_calls_on_reupload": ("DetectLabels calls, same manifest uploaded again", "calls"),
     "calls_for_identical_bytes": ("DetectLabels calls, 24 URLs / 3 distinct images", "calls"),
     "local_images_per_s": ("Offline backend, end to end", "images/s"),
-    "rekognition_quota_utilisation": ("Share of a 50-TPS quota used (steady state)", ""),
+    "rekognition_quota_utilisation": ("Share of a 50-TPS quota used once the limiter binds", ""),
 }
 
 
@@ -34,7 +34,7 @@ def markdown(results: dict[str, Any]) -> str:
         f"({machine.get('cpu_model', machine.get('machine'))}), Python {machine['python']}; "
         f"`make bench` took {results.get('duration_s')} s.",
         "",
-        "| measure | result | target | met | measured beside it |",
+        "| measure | result | target | met | baseline, measured in the same run |",
         "|---|---:|---:|:---:|---|",
     ]
     for name, item in results["metrics"].items():
@@ -42,10 +42,14 @@ def markdown(results: dict[str, Any]) -> str:
         if "error" in item:
             lines.append(f"| {title} | error | | ✗ | {item['error'][:80]} |")
             continue
-        value = f"{_number(item['value'])} {unit}".strip()
-        target = f"{item['comparison'].replace('==', '=')} {_number(item['target'])}"
+        if item.get("unit") == "fraction of quota":
+            value, target = f"{item['value']:.1%}", f"{item['comparison']} {item['target']:.0%}"
+        else:
+            value = f"{_number(item['value'])} {unit}".strip()
+            target = f"{item['comparison'].replace('==', '=')} {_number(item['target'])}"
         met = "✓" if item["meets_target"] else "✗"
-        baseline = f"{_number(item['baseline'])} ({item['baseline_is'].split(':', 1)[0]}: {_baseline_words(item)})"
+        baseline_unit = item["baseline_is"].split(":", 1)[0]
+        baseline = f"{_number(item['baseline'])} {baseline_unit}: {_baseline_words(item)}"
         lines.append(f"| {title} | {value} | {target} | {met} | {baseline} |")
     return "\n".join(lines)
 
