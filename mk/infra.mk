@@ -2,7 +2,8 @@
 #
 #   make validate   sam validate --lint (SAM's own checks and cfn-lint) plus cfn-lint on the raw template
 #   make checkov    security scan of template.yaml (exits non-zero on any failed check)
-#   make build      sam build: packages src/ and src/requirements.txt for the python3.12 runtime
+#   make build      sam build: runs src/Makefile (BuildMethod makefile) for both functions: src/requirements.txt
+#                   and labeler/ for the python3.12 runtime, compiled to unchecked-hash bytecode
 #   make infra      the template tests (tests/infrastructure; target defined in the Makefile)
 #
 # aws-sam-cli and checkov pin their own boto3 (checkov downgrades it), so each lives in its own
@@ -25,7 +26,8 @@ BUILD_STAMP   := .aws-sam/build/template.yaml
 # SAM CLI must not try to phone home (no internet here, nor in many CI runners).
 export SAM_CLI_TELEMETRY := 0
 
-# The directory of a real python3.12 (the Lambda runtime's version), which `sam build` looks up on
+# The directory of a real python3.12 (the Lambda runtime's version), which src/Makefile runs (pip for
+# the Lambda platform, compileall: bytecode is version-specific) and sam build's checks look up on
 # PATH: python3.12 itself when it runs (a pyenv shim may exist without the version being active),
 # else pyenv's newest 3.12.x. Override with PY312_BIN=/path/to/bin. Evaluated only when building.
 PY312_BIN ?= $(shell \
@@ -35,7 +37,7 @@ PY312_BIN ?= $(shell \
     ls -d "$$(pyenv root)"/versions/3.12.*/bin 2>/dev/null | sort -V | tail -n 1; \
   fi)
 
-BUILD_INPUTS := $(TEMPLATE) samconfig.toml src/requirements.txt requirements.txt \
+BUILD_INPUTS := $(TEMPLATE) samconfig.toml src/Makefile src/requirements.txt requirements.txt \
                 $(shell find src/labeler -type f -not -path '*/__pycache__/*' 2>/dev/null)
 
 .PHONY: validate checkov build build-clean
@@ -65,9 +67,12 @@ checkov: $(CHECKOV_STAMP)
 
 build: $(BUILD_STAMP)
 
+# env -u: this make's MAKEFLAGS (command-line variables such as PYTHON=..., the jobserver) must not
+# leak into the make that sam build runs for src/Makefile.
 $(BUILD_STAMP): $(SAM_STAMP) $(BUILD_INPUTS)
 	@test -n "$(PY312_BIN)" || { echo "python3.12 not found (the Lambda runtime's version): install it or set PY312_BIN=/dir/with/python3.12"; exit 1; }
-	PATH="$(PY312_BIN):$$PATH" $(SAM) build --template-file $(TEMPLATE) $(SAM_BUILD_ARGS)
+	env -u MAKEFLAGS -u MFLAGS -u MAKELEVEL PATH="$(PY312_BIN):$$PATH" \
+	  $(SAM) build --template-file $(TEMPLATE) $(SAM_BUILD_ARGS)
 	@touch $@
 
 build-clean:

@@ -9,7 +9,10 @@ from __future__ import annotations
 import hashlib
 import importlib
 import json
+import os
 import re
+import shutil
+import subprocess
 import tomllib
 from dataclasses import MISSING, fields
 from pathlib import Path
@@ -485,6 +488,78 @@ def test_packaged_requirements_match_the_project(template: dict[str, Any]) -> No
     dev = pins(ROOT / "requirements-dev.txt")
     assert {k: v for k, v in packaged.items() if k != "boto3"} == runtime
     assert packaged["boto3"] == dev["boto3"]  # see src/requirements.txt: keeps the packaged botocore matched
+
+
+@pytest.mark.parametrize("function", FUNCTIONS)
+def test_functions_are_built_by_the_makefile(template: dict[str, Any], function: str) -> None:
+    """src/Makefile, not sam's Python builder: it ships bytecode (see the Makefile's header)."""
+    assert template["Resources"][function]["Metadata"]["BuildMethod"] == "makefile"
+    assert props(template, function).get("CodeUri", template["Globals"]["Function"]["CodeUri"]) == "src/"
+
+
+def makefile_dry_run(target: str, artifacts_dir: str) -> str:
+    make = shutil.which("make")
+    if make is None:
+        pytest.skip("make is not installed")
+    env = {k: v for k, v in os.environ.items() if k not in {"MAKEFLAGS", "MFLAGS", "MAKELEVEL", "LAMBDA_PYTHON"}}
+    env["ARTIFACTS_DIR"] = artifacts_dir  # sam build passes it in the environment
+    out = subprocess.run(
+        [make, "--no-print-directory", "-n", "--makefile", str(ROOT / "src" / "Makefile"), target],
+        cwd=ROOT / "src",
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    return out.stdout
+
+
+def test_makefile_targets_share_one_recipe_that_ships_unchecked_hash_bytecode(template: dict[str, Any]) -> None:
+    makefile = (ROOT / "src" / "Makefile").read_text(encoding="utf-8")
+    built = [name for name in FUNCTIONS if template["Resources"][name]["Metadata"].get("BuildMethod") == "makefile"]
+    rule = re.search(r"^(build-\S+(?: build-\S+)*):", makefile, re.MULTILINE)
+    assert rule and set(rule.group(1).split()) == {f"build-{name}" for name in built}
+    recipes = {name: makefile_dry_run(f"build-{name}", "/ARTIFACTS") for name in built}
+    assert len(set(recipes.values())) == 1, "both functions must be built alike"
+    recipe = " ".join(recipes[built[0]].replace("\\\n", " ").split())
+    # Dependencies for the Lambda platform (CPython 3.12 on x86_64), binary wheels only, not compiled by pip.
+    install = re.search(r"-m pip install (.*?)-r requirements\.txt", recipe)
+    assert install, recipe
+    for option in (
+        '--target "/ARTIFACTS"',
+        "--platform manylinux2014_x86_64",
+        "--implementation cp",
+        "--python-version 3.12",
+        "--only-binary=:all:",
+        "--no-compile",
+    ):
+        assert option in install.group(1), option
+    assert "python3.12 -m pip install" in recipe and "python3.12 -m compileall" in recipe  # bytecode is per version
+    # Our package, without local-only code and without stale caches; then every module compiled.
+    assert 'cp -R labeler "/ARTIFACTS/labeler"' in recipe
+    assert '"/ARTIFACTS/labeler/local"' in recipe and '"/ARTIFACTS/labeler/cli.py"' in recipe
+    compile_step = re.search(r"-m compileall (.*)", recipe)
+    assert compile_step, recipe
+    for option in ("-f", "--invalidation-mode unchecked-hash", '-s "/ARTIFACTS"', "-p /var/task"):
+        assert f" {option} " in f" {compile_step.group(1)} ", option
+    assert compile_step.group(1).rstrip().endswith('"/ARTIFACTS"')
+    assert recipe.index("-m pip install") < recipe.index("cp -R labeler") < recipe.index("-m compileall")
+
+
+def test_lambda_path_never_imports_local_only_code() -> None:
+    """labeler/local/ and labeler/cli.py are left out of the package: nothing else may import them."""
+    package = ROOT / "src" / "labeler"
+    local_only = {package / "cli.py", *(package / "local").rglob("*.py")}
+    pattern = re.compile(
+        r"^\s*(from|import)\s+labeler\.(local|cli)\b|^\s*from\s+labeler\s+import\s+(local|cli)\b", re.M
+    )
+    offenders = [
+        str(path.relative_to(package))
+        for path in package.rglob("*.py")
+        if path not in local_only and pattern.search(path.read_text(encoding="utf-8"))
+    ]
+    assert not offenders
 
 
 def test_samconfig() -> None:
