@@ -45,7 +45,7 @@ import threading
 import zlib
 from collections import deque
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -677,6 +677,15 @@ class _MemoryBudget:
 
 DEFAULT_MEMORY_BUDGET_MB = 128
 _BUDGET = _MemoryBudget(DEFAULT_MEMORY_BUDGET_MB * 1024 * 1024)
+
+
+def reserve_memory(nbytes: int) -> AbstractContextManager[None]:
+    """Hold ``nbytes`` of the process-wide memory budget (other big users of image memory wait).
+
+    The pipeline wraps each DetectLabels request in it: botocore base64-encodes and JSON-serialises
+    the image bytes, about three copies of a 4 MB photo held at once. Amounts under 8 MiB are free.
+    """
+    return _BUDGET.reserve(nbytes)
 
 
 def set_memory_budget(megabytes: int) -> None:

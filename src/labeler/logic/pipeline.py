@@ -21,7 +21,7 @@ from itertools import chain, islice
 from typing import Any, Protocol
 
 from labeler.adapters.fetch import FetchedImage, ImageFetcher, NotModified, Validators
-from labeler.adapters.images import prepare_image
+from labeler.adapters.images import prepare_image, reserve_memory
 from labeler.adapters.labels.base import LabelBackend
 from labeler.adapters.store import OpenedManifest
 from labeler.logic.cache import CachedLabels, KeyedLocks, LabelCache, UrlMemo
@@ -206,9 +206,11 @@ def _label_content(
         "downscaled": prepared.downscaled,
     }
     started = time.perf_counter()
-    result = services.backend.detect_labels(
-        prepared.data, min_confidence=settings.min_confidence, max_labels=settings.max_labels
-    )
+    # The request holds ~3 copies of the image (base64, JSON, the body): big ones take turns.
+    with reserve_memory(3 * len(prepared.data)):
+        result = services.backend.detect_labels(
+            prepared.data, min_confidence=settings.min_confidence, max_labels=settings.max_labels
+        )
     timings.mark("label", started)
     if services.cache:
         try:
