@@ -76,6 +76,7 @@ def product_env(
     """The function's environment as the template sets it, pointed at the stand-ins."""
     env = child_base_env()
     env.update(si.aws_env())
+    env.update(template_runtime_env())
     env.update(
         {
             "OUTPUT_BUCKET": output_bucket,
@@ -92,6 +93,15 @@ def product_env(
         }
     )
     return env
+
+
+def template_runtime_env() -> dict[str, str]:
+    """Process-level variables template.yaml gives both functions (GLIBC_TUNABLES), read from the template."""
+    import re
+
+    text = (ROOT / "template.yaml").read_text(encoding="utf-8")
+    found = re.search(r"^\s+GLIBC_TUNABLES:\s*(\S+)\s*$", text, re.MULTILINE)
+    return {"GLIBC_TUNABLES": found.group(1)} if found else {}
 
 
 def metric(

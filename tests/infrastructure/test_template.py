@@ -436,7 +436,10 @@ def test_checkov_skips_carry_a_reason(template: dict[str, Any]) -> None:
 @pytest.mark.parametrize("function", FUNCTIONS)
 def test_env_vars_are_settings_fields_or_powertools(template: dict[str, Any], function: str) -> None:
     env = function_env(template, function)
-    unknown = {name for name in env if name not in SETTINGS_FIELDS and not name.startswith("POWERTOOLS_")}
+    runtime = {"GLIBC_TUNABLES"}  # read by the C library at process start, not by Settings
+    unknown = {
+        name for name in env if name not in SETTINGS_FIELDS.keys() | runtime and not name.startswith("POWERTOOLS_")
+    }
     assert not unknown, f"not a Settings field: {sorted(unknown)}"
     required = {name for name, spec in SETTINGS_FIELDS.items() if spec.default is MISSING}
     required |= {"WORK_QUEUE_URL", "STATE_TABLE", "DEAD_LETTER_QUEUE_URL"}  # fan-out is off without them
@@ -638,3 +641,9 @@ def test_sqs_event_carries_a_work_batch() -> None:
     assert batch.to_message() == body
     assert batch.entries and batch.manifest.key.endswith((".json", ".jsonl"))
     assert int(record["attributes"]["ApproximateReceiveCount"]) >= 1
+
+
+def test_the_allocator_returns_big_image_buffers_to_the_os(template: dict[str, Any]) -> None:
+    env = template["Globals"]["Function"]["Environment"]["Variables"]
+    tunables = dict(item.split("=") for item in env["GLIBC_TUNABLES"].split(":"))
+    assert tunables == {"glibc.malloc.mmap_threshold": "131072", "glibc.malloc.arena_max": "2"}

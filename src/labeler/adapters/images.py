@@ -20,7 +20,7 @@ DetectLabels takes JPEG or PNG bytes of at most 5 MB with each side within 80…
    the quality and size are lowered in steps until the bytes fit ``max_output_bytes``.
 
 Memory: several entries run concurrently, so every decode that needs real memory first reserves
-an estimate of it from a process-wide budget (setting ``IMAGE_MEMORY_MB``, default 128): big
+an estimate of it from a process-wide budget (setting ``IMAGE_MEMORY_MB``, default 64): big
 conversions wait their turn (first come, first served) instead of exhausting the Lambda's memory;
 one image larger than the whole budget runs alone. Small decodes (under 8 MiB) skip the queue.
 
@@ -675,7 +675,7 @@ class _MemoryBudget:
                 self._condition.notify_all()
 
 
-DEFAULT_MEMORY_BUDGET_MB = 128
+DEFAULT_MEMORY_BUDGET_MB = 64
 _BUDGET = _MemoryBudget(DEFAULT_MEMORY_BUDGET_MB * 1024 * 1024)
 
 

@@ -43,7 +43,7 @@ class Settings:
     # Images declaring more pixels are refused from their header, before any decoding (decompression bombs).
     max_image_pixels: int = 40_000_000
     # Decoded pixels held at once by all workers (big conversions queue for it instead of exhausting memory).
-    image_memory_mb: int = 128
+    image_memory_mb: int = 64
     max_manifest_bytes: int = 1024 * MIB
     max_manifest_entries: int = 1_000_000
     inline_max_images: int = 100
