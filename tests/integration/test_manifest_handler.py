@@ -327,3 +327,15 @@ def test_an_event_without_a_sequencer_is_processed(
 
     assert len(buckets.records()) == 1
     assert buckets.report()["status"] == "complete"
+
+
+def test_records_that_are_not_from_s3_are_ignored(
+    buckets: Buckets, site: Site, lambda_context: FakeLambdaContext
+) -> None:
+    event = buckets.put_manifest("mixed.json", [site.url("/photo.jpg")])
+    event["Records"].append({"eventSource": "aws:sqs", "body": "{}"})
+
+    response = invoke(event, lambda_context)
+
+    assert [m["manifest"]["key"] for m in response["manifests"]] == ["mixed.json"]
+    assert len(buckets.records()) == 1
