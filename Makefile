@@ -50,7 +50,7 @@ infra: $(STAMP)
 demo: $(STAMP) model
 	$(PY) -m labeler.local.demo
 
-bench: $(STAMP) model
+bench: $(STAMP) model build
 	$(PY) bench/run.py
 
 clean:
