@@ -28,8 +28,12 @@ SAMPLE_LABELS: list[dict[str, Any]] = [
         "Confidence": 99.9364013671875,
         "Instances": [
             {
-                "BoundingBox": {"Width": 0.26779675483703613, "Height": 0.8562285900115967,
-                                "Left": 0.3604024350643158, "Top": 0.09245597571134567},
+                "BoundingBox": {
+                    "Width": 0.26779675483703613,
+                    "Height": 0.8562285900115967,
+                    "Left": 0.3604024350643158,
+                    "Top": 0.09245597571134567,
+                },
                 "Confidence": 99.9364013671875,
                 "DominantColors": [],
             }
@@ -138,8 +142,9 @@ class _Handler(BaseHTTPRequestHandler):
         target = self.headers.get("X-Amz-Target", "")
         with state.lock:
             state.calls += 1
-            state.requests.append({"target": target, "MinConfidence": payload.get("MinConfidence"),
-                                   "MaxLabels": payload.get("MaxLabels")})
+            state.requests.append(
+                {"target": target, "MinConfidence": payload.get("MinConfidence"), "MaxLabels": payload.get("MaxLabels")}
+            )
             planned = state.planned_errors.popleft() if state.planned_errors else None
             latency = state.latency_seconds
         if latency:
