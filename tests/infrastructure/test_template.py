@@ -475,7 +475,7 @@ def test_parsed_settings_from_template_defaults_validate(template: dict[str, Any
             value = f"resolved-{name.lower()}"
         env[name] = str(value)
     settings = Settings.from_env(env)
-    assert settings.rekognition_tps_share == 15 and settings.max_receive_count == 3
+    assert settings.rekognition_tps_share == 10 and settings.max_receive_count == 3
 
 
 def test_rekognition_share_default_covers_both_functions(template: dict[str, Any]) -> None:
