@@ -478,10 +478,10 @@ def test_parsed_settings_from_template_defaults_validate(template: dict[str, Any
     assert settings.rekognition_tps_share == 10 and settings.max_receive_count == 3
 
 
-def test_rekognition_share_default_covers_both_functions(template: dict[str, Any]) -> None:
+def test_rekognition_share_default_lets_a_full_fan_out_use_the_whole_quota(template: dict[str, Any]) -> None:
+    # Each of WorkerMaxConcurrency workers paces itself to MaxTps / Share: equal, they add up to the quota.
     parameters = template["Parameters"]
-    share = parameters["RekognitionTpsShare"]["Default"]
-    assert share == parameters["WorkerMaxConcurrency"]["Default"] + parameters["ManifestReservedConcurrency"]["Default"]
+    assert parameters["RekognitionTpsShare"]["Default"] == parameters["WorkerMaxConcurrency"]["Default"]
 
 
 # --- packaging ------------------------------------------------------------------------------------------
