@@ -13,7 +13,7 @@ from labeler.handlers.composition import reset_services
 from tests.conftest import Buckets, FakeLambdaContext
 from tests.support.fake_rekognition import FakeRekognition
 from tests.support.site import Site
-from tests.support.sqs_driver import QueueInfo, create_work_queues, drain
+from tests.support.sqs_driver import QueueInfo, create_state_table, create_work_queues, drain
 
 _names = itertools.count()
 
@@ -25,13 +25,7 @@ def fanout_env(
     number = next(_names)
     sqs = buckets.aws.client("sqs")
     queue, dlq = create_work_queues(sqs, f"work-{number}")
-    table = f"state-{number}"
-    buckets.aws.client("dynamodb").create_table(
-        TableName=table,
-        KeySchema=[{"AttributeName": "id", "KeyType": "HASH"}],
-        AttributeDefinitions=[{"AttributeName": "id", "AttributeType": "S"}],
-        BillingMode="PAY_PER_REQUEST",
-    )
+    table = create_state_table(buckets.aws.client("dynamodb"), f"state-{number}")
     for name, value in {
         "WORK_QUEUE_URL": queue.url,
         "DEAD_LETTER_QUEUE_URL": dlq.url,

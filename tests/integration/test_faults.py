@@ -18,6 +18,7 @@ from labeler.handlers.composition import reset_services
 from tests.conftest import Buckets, FakeLambdaContext
 from tests.support.fake_rekognition import SAMPLE_LABELS, FakeRekognition
 from tests.support.site import Site
+from tests.support.sqs_driver import create_state_table
 
 pytestmark = pytest.mark.usefixtures("lambda_env")
 
@@ -28,13 +29,7 @@ _tables = itertools.count()
 @pytest.fixture
 def state_table(buckets: Buckets, monkeypatch: pytest.MonkeyPatch) -> str:
     """A DynamoDB state table on the embedded endpoint: Powertools idempotency is on."""
-    name = f"faults-state-{next(_tables)}"
-    buckets.aws.client("dynamodb").create_table(
-        TableName=name,
-        KeySchema=[{"AttributeName": "id", "KeyType": "HASH"}],
-        AttributeDefinitions=[{"AttributeName": "id", "AttributeType": "S"}],
-        BillingMode="PAY_PER_REQUEST",
-    )
+    name = create_state_table(buckets.aws.client("dynamodb"), f"faults-state-{next(_tables)}")
     monkeypatch.setenv("STATE_TABLE", name)
     reset_services()
     return name

@@ -87,3 +87,14 @@ def drain(
             else:
                 sqs.delete_message(QueueUrl=queue.url, ReceiptHandle=message["ReceiptHandle"])
     raise AssertionError(f"queue not drained after {max_rounds} rounds")
+
+
+def create_state_table(dynamodb: Any, name: str) -> str:
+    """The template's StateTable on the embedded endpoint: key ``id`` (idempotency and fan-out progress)."""
+    dynamodb.create_table(
+        TableName=name,
+        KeySchema=[{"AttributeName": "id", "KeyType": "HASH"}],
+        AttributeDefinitions=[{"AttributeName": "id", "AttributeType": "S"}],
+        BillingMode="PAY_PER_REQUEST",
+    )
+    return name
