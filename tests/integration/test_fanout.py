@@ -103,10 +103,10 @@ def test_a_poison_batch_ends_in_the_dead_letter_queue_and_the_report_counts_it_f
     queue, dlq = fanout_env
     real_process = fanout.process_entries
 
-    def poisoned(services: Any, manifest: Any, entries: Any, deadline: Any = None) -> Any:
+    def poisoned(services: Any, manifest: Any, entries: Any, deadline: Any = None, **options: Any) -> Any:
         if any(entry.image_id == "img-002" for entry in entries):
             raise RuntimeError("this batch always crashes the worker")
-        return real_process(services, manifest, entries, deadline)
+        return real_process(services, manifest, entries, deadline, **options)
 
     monkeypatch.setattr(fanout, "process_entries", poisoned)
     manifest_created.handler(buckets.put_manifest("poison.json", manifest_of(site, 6)), lambda_context)

@@ -25,8 +25,8 @@ from labeler.observability import logger, metrics, tracer
 processor = BatchProcessor(event_type=EventType.SQS)
 
 
-def label_batch(fanout: FanOut, batch: WorkBatch, deadline: Deadline) -> dict[str, Any]:
-    result = fanout.process_batch(batch, deadline)
+def label_batch(fanout: FanOut, batch: WorkBatch, deadline: Deadline, redelivered: bool) -> dict[str, Any]:
+    result = fanout.process_batch(batch, deadline, check_existing=redelivered)
     return {"batch": batch.batch_index, **result.tally.to_dict()}
 
 
@@ -42,8 +42,10 @@ def record_handler(record: SQSRecord, lambda_context: LambdaContext | None = Non
     once = get_once()
     once.register_context(lambda_context)
     delivery = {"run": run_key(batch.manifest), "batch": batch.batch_index}
+    # Only a message delivered before can have left records behind: a first delivery skips that check.
+    redelivered = int(record.attributes.approximate_receive_count or 1) > 1
     try:
-        once.run_once(delivery, partial(label_batch, fanout, batch, deadline))
+        once.run_once(delivery, partial(label_batch, fanout, batch, deadline, redelivered))
     except DuplicateInProgress:
         raise  # its twin is labeling this batch now; the message comes back and finds it done
     except Exception as exc:

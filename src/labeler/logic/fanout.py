@@ -127,11 +127,16 @@ class FanOut:
         return self._write_report(manifest, self.progress.read(key), status="in_progress")
 
     # --- worker ---------------------------------------------------------------------------------------
-    def process_batch(self, batch: WorkBatch, deadline: Deadline | None = None) -> RunResult:
-        """Label one batch and count it. Raises so that SQS delivers the message again when unfinished."""
+    def process_batch(
+        self, batch: WorkBatch, deadline: Deadline | None = None, *, check_existing: bool = True
+    ) -> RunResult:
+        """Label one batch and count it. Raises so that SQS delivers the message again when unfinished.
+
+        ``check_existing=False`` (a first delivery) skips the per-entry look for an earlier record.
+        """
         from labeler.logic.pipeline import DeadlineReached, ResultWriteFailed
 
-        result = process_entries(self.services, batch.manifest, batch.entries, deadline)
+        result = process_entries(self.services, batch.manifest, batch.entries, deadline, check_existing=check_existing)
         if result.write_failures:
             raise ResultWriteFailed(f"{len(result.write_failures)} record(s) not written: {result.write_failures[0]}")
         if result.stopped_early:
