@@ -72,7 +72,7 @@ def build_services(settings: Settings) -> Services:
 def build_fanout(services: Services) -> FanOut | None:
     """The fan-out machinery, when the work queue and the state table are configured."""
     settings = services.settings
-    if not (settings.work_queue_url and settings.state_table):
+    if not settings.fans_out:
         return None
     import boto3
 
@@ -99,7 +99,7 @@ def fan_out_on_demand(settings: Settings) -> Any:
 
     ``None`` when the work queue and the state table are not configured (local runs label inline).
     """
-    if not (settings.work_queue_url and settings.state_table):
+    if not settings.fans_out:
         return None
 
     def split(manifest: ManifestRef, entries: Iterator[EntryItem], head: list[Any]) -> dict[str, Any]:

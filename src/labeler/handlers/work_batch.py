@@ -42,14 +42,13 @@ def record_handler(record: SQSRecord, lambda_context: LambdaContext | None = Non
     once = get_once()
     once.register_context(lambda_context)
     delivery = {"run": run_key(batch.manifest), "batch": batch.batch_index}
+    deliveries = int(record.attributes.approximate_receive_count or 1)
     # Only a message delivered before can have left records behind: a first delivery skips that check.
-    redelivered = int(record.attributes.approximate_receive_count or 1) > 1
     try:
-        once.run_once(delivery, partial(label_batch, fanout, batch, deadline, redelivered))
+        once.run_once(delivery, partial(label_batch, fanout, batch, deadline, deliveries > 1))
     except DuplicateInProgress:
         raise  # its twin is labeling this batch now; the message comes back and finds it done
     except Exception as exc:
-        deliveries = int(record.attributes.approximate_receive_count or 1)
         if deliveries < services.settings.max_receive_count:
             raise  # SQS delivers it again; entries already recorded are skipped then
         reason = f"batch {batch.batch_index} failed {deliveries} deliveries: {type(exc).__name__}: {exc}"

@@ -163,9 +163,7 @@ class LabelCache:
         self._write(self.labels_key(sha256), document)
 
     def _write(self, key: str, document: dict[str, Any]) -> None:
-        if self._writer is None:
-            self._store.put_json(key, document)
-            return
+        """Store a cache document, in the background when a writer pool is given. Never raises."""
 
         def write() -> None:
             try:
@@ -173,6 +171,9 @@ class LabelCache:
             except Exception:  # the labels are good; a later run may just pay for them again
                 logger.warning("cache write failed", extra={"key": key}, exc_info=True)
 
+        if self._writer is None:
+            write()
+            return
         future = self._writer.submit(write)
         with self._pending_lock:
             self._pending.add(future)

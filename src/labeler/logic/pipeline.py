@@ -213,10 +213,7 @@ def _label_content(
         )
     timings.mark("label", started)
     if services.cache:
-        try:
-            services.cache.put_labels(sha256, result.labels, result.model_version, image)
-        except Exception:  # the labels are good; a later run may just pay for them again
-            logger.warning("label cache write failed", extra={"sha256": sha256}, exc_info=True)
+        services.cache.put_labels(sha256, result.labels, result.model_version, image)  # never raises
     _remember_url(services, entry.url, fetched, sha256)
     labeled = CachedLabels(labels=result.labels, model_version=result.model_version, image=image)
     record = _success(entry, labeled, sha256, source, cached_labels=False, not_modified=False)
@@ -227,10 +224,7 @@ def _label_content(
 def _remember_url(services: Services, url: str, fetched: FetchedImage, sha256: str) -> None:
     if services.cache is None or not (fetched.etag or fetched.last_modified):
         return
-    try:
-        services.cache.put_url_memo(url, UrlMemo(etag=fetched.etag, last_modified=fetched.last_modified, sha256=sha256))
-    except Exception:
-        logger.warning("url memo write failed", extra={"url": url}, exc_info=True)
+    services.cache.put_url_memo(url, UrlMemo(etag=fetched.etag, last_modified=fetched.last_modified, sha256=sha256))
 
 
 def _success(
@@ -359,12 +353,8 @@ def label_entry_failed(services: Services, manifest: ManifestRef, entry: Manifes
 def _url_memo(services: Services, url: str, ahead: Future[UrlMemo | None] | None) -> UrlMemo | None:
     if services.cache is None:
         return None
-    if ahead is not None:
-        try:
-            return ahead.result()
-        except Exception:  # the read-ahead failed: read now
-            logger.warning("url memo read-ahead failed", exc_info=True)
-    return services.cache.get_url_memo(url)
+    # get_url_memo never raises (a failed read is a miss), so neither does the read-ahead.
+    return ahead.result() if ahead is not None else services.cache.get_url_memo(url)
 
 
 def _run_one(

@@ -61,6 +61,11 @@ class Settings:
     dead_letter_queue_url: str = ""
     label_cache: bool = True
 
+    @property
+    def fans_out(self) -> bool:
+        """Large manifests go to the work queue: needs the queue and the state table (the template sets both)."""
+        return bool(self.work_queue_url and self.state_table)
+
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
         env = os.environ if environ is None else environ
