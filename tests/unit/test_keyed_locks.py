@@ -36,11 +36,17 @@ def test_same_key_is_serialised_and_other_keys_are_not() -> None:
 def test_different_keys_do_not_wait_for_each_other() -> None:
     locks = KeyedLocks()
     entered = threading.Event()
+
+    def take_b() -> None:
+        with locks.hold("b"):
+            entered.set()
+
     with locks.hold("a"):
-        thread = threading.Thread(target=lambda: (locks.hold("b").__enter__(), entered.set()))
+        thread = threading.Thread(target=take_b)
         thread.start()
         assert entered.wait(5)
         thread.join()
+    assert len(locks) == 0
 
 
 def test_an_exception_releases_the_lock() -> None:

@@ -653,6 +653,11 @@ class _MemoryBudget:
         self._condition = threading.Condition()
         self._queue: deque[object] = deque()
 
+    def resize(self, capacity: int) -> None:
+        with self._condition:
+            self.capacity = capacity
+            self._condition.notify_all()  # a larger budget may let waiters in
+
     @contextmanager
     def reserve(self, amount: int) -> Iterator[None]:
         if amount < self.small:
@@ -690,6 +695,4 @@ def reserve_memory(nbytes: int) -> AbstractContextManager[None]:
 
 def set_memory_budget(megabytes: int) -> None:
     """Set the process-wide decode budget (``IMAGE_MEMORY_MB``; the composition root calls this once)."""
-    with _BUDGET._condition:
-        _BUDGET.capacity = max(16, megabytes) * 1024 * 1024
-        _BUDGET._condition.notify_all()
+    _BUDGET.resize(max(16, megabytes) * 1024 * 1024)
