@@ -114,7 +114,9 @@ class StubBackend:
     name = "stub"
     model_version = "stub-1"
 
-    def detect_labels(self, image: bytes, *, min_confidence: float, max_labels: int) -> Any:
+    def detect_labels(
+        self, image: bytes, *, min_confidence: float, max_labels: int, deadline: float | None = None
+    ) -> Any:
         from labeler.adapters.labels.base import LabelResult
 
         label = {"Name": "Thing", "Confidence": 99.0, "Instances": [], "Parents": [], "Aliases": [], "Categories": []}

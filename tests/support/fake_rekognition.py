@@ -5,6 +5,11 @@ so the production client — botocore serialisation, adaptive retries, error par
 unchanged against it via ``AWS_ENDPOINT_URL_REKOGNITION``. Responses and errors are shaped
 like AWS's (labels from the DetectLabels documentation's example), and it enforces the
 service's input limits: JPEG/PNG only, ≤ 5 MB, sides 80–10,000 px.
+
+Like the service, it can enforce a TPS quota (``state.quota_tps``): one quota for every client of
+the server, whatever process it runs in; a call that would make more than ``quota_tps`` accepted
+calls within any one second (a sliding window) gets ``ThrottlingException``, as AWS answers an
+account that exceeds its DetectLabels quota. Throttled calls are counted (``state.throttled``).
 """
 
 from __future__ import annotations
@@ -75,6 +80,11 @@ class FakeRekognitionState:
     """What the stand-in does next and what it has seen; tests adjust it between calls."""
 
     latency_seconds: float = 0.0
+    # The account's TPS quota (None: unlimited). Counted over any one second, across every client.
+    quota_tps: float | None = None
+    throttled: int = 0
+    # monotonic times of the calls accepted within the last second (the quota's window)
+    accepted_times: deque[float] = field(default_factory=deque)
     # Error codes to answer with, one per call, before answering normally again.
     planned_errors: deque[str] = field(default_factory=deque)
     calls: int = 0
@@ -86,9 +96,24 @@ class FakeRekognitionState:
         with self.lock:
             self.planned_errors.extend(codes)
 
+    def admit(self, now: float) -> bool:
+        """Whether a call arriving at ``now`` fits the quota (it is counted if so). Call with ``lock`` held."""
+        if self.quota_tps is None:
+            return True
+        while self.accepted_times and self.accepted_times[0] <= now - 1.0:
+            self.accepted_times.popleft()
+        if len(self.accepted_times) >= self.quota_tps:
+            self.throttled += 1
+            return False
+        self.accepted_times.append(now)
+        return True
+
     def reset(self) -> None:
         with self.lock:
             self.latency_seconds = 0.0
+            self.quota_tps = None
+            self.throttled = 0
+            self.accepted_times.clear()
             self.planned_errors.clear()
             self.calls = 0
             self.images_seen.clear()
@@ -146,11 +171,17 @@ class _Handler(BaseHTTPRequestHandler):
                 {"target": target, "MinConfidence": payload.get("MinConfidence"), "MaxLabels": payload.get("MaxLabels")}
             )
             planned = state.planned_errors.popleft() if state.planned_errors else None
+            over_quota = (
+                planned is None and target == "RekognitionService.DetectLabels" and not state.admit(time.monotonic())
+            )
             latency = state.latency_seconds
         if latency:
             time.sleep(latency)
         if target != "RekognitionService.DetectLabels":
             self._error("UnknownOperationException", f"{target} is not supported by the stand-in")
+            return
+        if over_quota:
+            self._error("ThrottlingException", "Rate exceeded")
             return
         if planned:
             self._error(planned, f"{planned} (planned by the test)")

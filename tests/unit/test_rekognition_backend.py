@@ -72,3 +72,21 @@ def test_rejections_become_label_errors_with_the_aws_code(
         backend.detect_labels(image or jpeg(40, 40), min_confidence=55, max_labels=50)
     assert raised.value.details["aws_code"] == aws_code
     assert raised.value.to_dict()["code"] == "label_error"
+
+
+def test_the_stand_in_enforces_one_quota_over_any_second(fake_rekognition: FakeRekognition) -> None:
+    """The stand-in's quota (used by the limiter's tests and the benchmarks) throttles like the service."""
+    import boto3
+    from botocore.config import Config
+
+    client = boto3.client("rekognition", config=Config(retries={"mode": "standard", "total_max_attempts": 1}))
+    fake_rekognition.state.quota_tps = 3
+    outcomes = []
+    for _ in range(5):
+        try:
+            client.detect_labels(Image={"Bytes": jpeg()})
+            outcomes.append("ok")
+        except client.exceptions.ThrottlingException:
+            outcomes.append("throttled")
+    assert outcomes == ["ok", "ok", "ok", "throttled", "throttled"]
+    assert fake_rekognition.state.throttled == 2

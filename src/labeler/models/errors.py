@@ -186,3 +186,12 @@ class ManifestEmpty(ManifestError):
 
 class BatchFailed(LabelerError):
     code = ErrorCode.BATCH_FAILED
+
+
+# --- not a recorded failure ------------------------------------------------------------------------
+class OutOfTime(RuntimeError):
+    """A step of an entry could not finish before the invocation's deadline.
+
+    Not a :class:`LabelerError`: no record is written for the entry; it is left unfinished and the
+    retry (Lambda's, or SQS's redelivery) does it.
+    """

@@ -28,8 +28,15 @@ class LabelBackend(Protocol):
 
     Raises ``labeler.models.errors.LabelingFailed`` for a rejected image and
     ``labeler.models.errors.Throttled`` when throttling outlasts every retry.
+
+    ``deadline`` is a ``time.monotonic()`` instant by which the call must have returned (the
+    invocation's time budget for this step); ``None`` means no limit. A backend that cannot finish
+    (or even start) an attempt before it raises ``labeler.models.errors.OutOfTime``: the entry is
+    then left unfinished for the retry, never recorded as failed.
     """
 
     name: str
 
-    def detect_labels(self, image: bytes, *, min_confidence: float, max_labels: int) -> LabelResult: ...
+    def detect_labels(
+        self, image: bytes, *, min_confidence: float, max_labels: int, deadline: float | None = None
+    ) -> LabelResult: ...

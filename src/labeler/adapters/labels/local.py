@@ -451,7 +451,10 @@ class LocalLabelBackend:
             _face_detector(self._files.directory)
         return self
 
-    def detect_labels(self, image: bytes, *, min_confidence: float, max_labels: int) -> LabelResult:
+    def detect_labels(
+        self, image: bytes, *, min_confidence: float, max_labels: int, deadline: float | None = None
+    ) -> LabelResult:
+        del deadline  # a local inference takes milliseconds; there is nothing to bound
         runtime = _runtime(self._files, self._intra_op_threads)
         detector = _face_detector(self._files.directory) if self.faces else None
         rgb = decode(image)

@@ -56,7 +56,9 @@ class RekognitionBackend:
         # The label model version Rekognition last answered with; the label cache checks it.
         self.model_version: str | None = None
 
-    def detect_labels(self, image: bytes, *, min_confidence: float, max_labels: int) -> LabelResult:
+    def detect_labels(
+        self, image: bytes, *, min_confidence: float, max_labels: int, deadline: float | None = None
+    ) -> LabelResult:
         from botocore.exceptions import ClientError
 
         last_error: ClientError | None = None
