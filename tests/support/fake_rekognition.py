@@ -6,6 +6,13 @@ unchanged against it via ``AWS_ENDPOINT_URL_REKOGNITION``. Responses and errors 
 like AWS's (labels from the DetectLabels documentation's example), and it enforces the
 service's input limits: JPEG/PNG only, ≤ 5 MB, sides 80–10,000 px.
 
+It answers ``Features`` and ``Settings`` like the service: the GeneralLabels filters apply to the
+sample labels by the offline backend's rules (``labeler.logic.label_filters``), IMAGE_PROPERTIES is
+computed from the image bytes received (``labeler.adapters.labels.image_properties``, Rekognition's
+``ImageProperties`` shape, and ``DominantColors`` on the sample Instance), out-of-range parameters get
+``InvalidParameterException``; every request's ``Features`` and ``Settings`` are recorded in
+``state.requests``.
+
 Like the service, it can enforce a TPS quota (``state.quota_tps``): one quota for every client of
 the server, whatever process it runs in; a call that would make more than ``quota_tps`` accepted
 calls within any one second (a sliding window) gets ``ThrottlingException``, as AWS answers an
@@ -25,6 +32,11 @@ from collections import deque
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
+
+from labeler.adapters.labels.image_properties import analyze_bytes
+from labeler.logic.label_filters import apply_filters
+from labeler.models.errors import LabelingFailed
+from labeler.models.label_options import InvalidLabelOptions, LabelOptions
 
 # Shaped exactly like the DetectLabels response in the Rekognition Developer Guide.
 SAMPLE_LABELS: list[dict[str, Any]] = [
@@ -168,7 +180,13 @@ class _Handler(BaseHTTPRequestHandler):
         with state.lock:
             state.calls += 1
             state.requests.append(
-                {"target": target, "MinConfidence": payload.get("MinConfidence"), "MaxLabels": payload.get("MaxLabels")}
+                {
+                    "target": target,
+                    "MinConfidence": payload.get("MinConfidence"),
+                    "MaxLabels": payload.get("MaxLabels"),
+                    "Features": payload.get("Features"),
+                    "Settings": payload.get("Settings"),
+                }
             )
             planned = state.planned_errors.popleft() if state.planned_errors else None
             over_quota = (
@@ -195,12 +213,35 @@ class _Handler(BaseHTTPRequestHandler):
         if problem:
             self._error(*problem)
             return
-        min_confidence = float(payload.get("MinConfidence", 55))
-        max_labels = int(payload.get("MaxLabels", 1000))
-        labels = [copy.deepcopy(label) for label in SAMPLE_LABELS if label["Confidence"] >= min_confidence]
+        try:
+            options = LabelOptions.from_request(payload)
+        except InvalidLabelOptions as exc:
+            self._error("InvalidParameterException", f"Request has invalid parameters ({exc})")
+            return
+        try:
+            response = _answer(data, options)
+        except LabelingFailed:  # only IMAGE_PROPERTIES decodes the pixels: a body that breaks off there
+            self._error("InvalidImageFormatException", "Request has invalid image format")
+            return
         with state.lock:
             state.images_seen.append(hashlib.sha256(data).hexdigest())
-        self._reply(200, {"Labels": labels[:max_labels], "LabelModelVersion": LABEL_MODEL_VERSION})
+        self._reply(200, response)
+
+
+def _answer(data: bytes, options: LabelOptions) -> dict[str, Any]:
+    """The DetectLabels response for these image bytes and options (the bytes are known to be valid)."""
+    labels: list[dict[str, Any]] = []
+    if options.general_labels:
+        confident = [copy.deepcopy(label) for label in SAMPLE_LABELS if label["Confidence"] >= options.min_confidence]
+        labels = apply_filters(confident, options)[: options.max_labels]
+    response: dict[str, Any] = {"Labels": labels, "LabelModelVersion": LABEL_MODEL_VERSION}
+    if options.image_properties:
+        analysis = analyze_bytes(data)
+        response["ImageProperties"] = analysis.properties(options.max_dominant_colors)
+        for label in labels:
+            for instance in label["Instances"]:
+                instance["DominantColors"] = analysis.box_colors(instance["BoundingBox"], options.max_dominant_colors)
+    return response
 
 
 class _Server(ThreadingHTTPServer):

@@ -50,6 +50,8 @@ class ErrorCode(StrEnum):
     MANIFEST_EMPTY = "manifest_empty"
     # a work batch that could not be processed (dead-lettered)
     BATCH_FAILED = "batch_failed"
+    # whole manifest: its "options" object asks for something outside the stack's bounds
+    MANIFEST_OPTIONS_INVALID = "manifest_options_invalid"
 
 
 class LabelerError(Exception):
@@ -195,3 +197,9 @@ class OutOfTime(RuntimeError):
     Not a :class:`LabelerError`: no record is written for the entry; it is left unfinished and the
     retry (Lambda's, or SQS's redelivery) does it.
     """
+
+
+class ManifestOptionsInvalid(ManifestError):
+    """The manifest's ``"options"`` object is malformed, unknown or outside the bounds the stack sets."""
+
+    code = ErrorCode.MANIFEST_OPTIONS_INVALID

@@ -8,8 +8,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
+
+from labeler.models.label_options import LabelOptions
 
 
 @dataclass(frozen=True)
@@ -40,3 +43,32 @@ class LabelBackend(Protocol):
     def detect_labels(
         self, image: bytes, *, min_confidence: float, max_labels: int, deadline: float | None = None
     ) -> LabelResult: ...
+
+
+@runtime_checkable
+class DetectsWithOptions(Protocol):
+    """A backend that answers every DetectLabels option: features, GeneralLabels filters, MaxDominantColors.
+
+    ``result.labels`` are the Labels (none unless GENERAL_LABELS is asked for); with IMAGE_PROPERTIES,
+    ``result.extra["ImageProperties"]`` is DetectLabels' ``ImageProperties`` object, unchanged.
+    The offline backend implements it; a Rekognition backend sends ``options.request_params()``.
+    """
+
+    name: str
+
+    def detect(self, image: bytes, options: LabelOptions, deadline: float | None = None) -> LabelResult: ...
+
+
+def result_from_response(response: Mapping[str, Any], backend: str) -> LabelResult:
+    """A DetectLabels response as a :class:`LabelResult` (``ImageProperties``, when present, in ``extra``).
+
+    >>> result_from_response({"Labels": [], "LabelModelVersion": "3.0", "ImageProperties": {}}, "rekognition").extra
+    {'ImageProperties': {}}
+    """
+    extra = {"ImageProperties": response["ImageProperties"]} if "ImageProperties" in response else {}
+    return LabelResult(
+        labels=list(response.get("Labels", [])),
+        model_version=str(response.get("LabelModelVersion", "")),
+        backend=backend,
+        extra=extra,
+    )

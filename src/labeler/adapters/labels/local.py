@@ -80,7 +80,10 @@ from pathlib import Path
 from typing import Any
 
 from labeler.adapters.labels.base import LabelResult
+from labeler.adapters.labels.image_properties import PROPERTIES_VERSION
+from labeler.logic.label_filters import GeneralLabelFilters, apply_filters
 from labeler.models.errors import LabelingFailed
+from labeler.models.label_options import LabelOptions
 
 MODEL_NAME = "efficientnet-lite0"
 MODEL_FILENAME = f"{MODEL_NAME}.onnx"
@@ -424,6 +427,8 @@ class LocalLabelBackend:
     """
 
     name = "local"
+    # What else the answer depends on with IMAGE_PROPERTIES: salt for LabelOptions.cache_tag().
+    properties_version = PROPERTIES_VERSION
 
     def __init__(
         self,
@@ -455,16 +460,69 @@ class LocalLabelBackend:
         self, image: bytes, *, min_confidence: float, max_labels: int, deadline: float | None = None
     ) -> LabelResult:
         del deadline  # a local inference takes milliseconds; there is nothing to bound
-        runtime = _runtime(self._files, self._intra_op_threads)
-        detector = _face_detector(self._files.directory) if self.faces else None
-        rgb = decode(image)
-        probabilities = runtime.probabilities(classifier_input(rgb))[0]
-        found = detector.detect(rgb) if detector is not None else []
-        labels = labels_from_probabilities(
-            probabilities,
-            runtime.taxonomy,
-            min_confidence=float(min_confidence),
-            max_labels=int(max_labels),
-            faces=found,
+        return self._answer(image, min_confidence=float(min_confidence), max_labels=int(max_labels))
+
+    def detect(self, image: bytes, options: LabelOptions, deadline: float | None = None) -> LabelResult:
+        """DetectLabels with every option: features, GeneralLabels filters, ``MaxDominantColors``.
+
+        Answers like the service: ``labels`` only with GENERAL_LABELS (filtered by
+        :mod:`labeler.logic.label_filters`, then cut to ``max_labels``), and with IMAGE_PROPERTIES
+        ``extra["ImageProperties"]`` (:mod:`labeler.adapters.labels.image_properties`) plus
+        ``DominantColors`` on every Instance. IMAGE_PROPERTIES alone needs no model file.
+
+        >>> options = LabelOptions(features=("GENERAL_LABELS", "IMAGE_PROPERTIES"), max_dominant_colors=3)
+        >>> result = LocalLabelBackend().detect(jpeg_bytes, options)             # doctest: +SKIP
+        >>> result.extra["ImageProperties"]["DominantColors"][0]["CSSColor"]      # doctest: +SKIP
+        'rosybrown'
+        """
+        del deadline
+        return self._answer(
+            image,
+            min_confidence=options.min_confidence,
+            max_labels=options.max_labels,
+            labels=options.general_labels,
+            filters=options if options.has_filters else None,
+            max_colors=options.max_dominant_colors if options.image_properties else None,
         )
-        return LabelResult(labels=labels, model_version=self.model_version, backend=self.name)
+
+    def _answer(
+        self,
+        image: bytes,
+        *,
+        min_confidence: float,
+        max_labels: int,
+        labels: bool = True,
+        filters: GeneralLabelFilters | None = None,
+        max_colors: int | None = None,
+    ) -> LabelResult:
+        """The one labelling path of both public methods; ``max_colors=None``: no IMAGE_PROPERTIES."""
+        from labeler.adapters.labels.faces import FACE_LABEL_PARENTS
+
+        rgb = decode(image)
+        found: list[dict[str, Any]] = []
+        if labels:
+            runtime = _runtime(self._files, self._intra_op_threads)
+            detector = _face_detector(self._files.directory) if self.faces else None
+            probabilities = runtime.probabilities(classifier_input(rgb))[0]
+            faces = detector.detect(rgb) if detector is not None else []
+            # Filters come before MaxLabels (the service counts the labels it keeps): take them all, then cut.
+            everything = len(runtime.taxonomy.names) + len(FACE_LABEL_PARENTS)
+            found = labels_from_probabilities(
+                probabilities,
+                runtime.taxonomy,
+                min_confidence=min_confidence,
+                max_labels=everything if filters is not None else max_labels,
+                faces=faces,
+            )
+            if filters is not None:
+                found = apply_filters(found, filters)[: max(0, max_labels)]
+        extra: dict[str, Any] = {}
+        if max_colors is not None:
+            from labeler.adapters.labels.image_properties import analyze
+
+            analysis = analyze(rgb)
+            extra["ImageProperties"] = analysis.properties(max_colors)
+            for label in found:
+                for instance in label["Instances"]:
+                    instance["DominantColors"] = analysis.box_colors(instance["BoundingBox"], max_colors)
+        return LabelResult(labels=found, model_version=self.model_version, backend=self.name, extra=extra)
