@@ -554,6 +554,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     invoke.add_argument("--json", action="store_true", help="print the response, reports and records as JSON")
     invoke.set_defaults(func=cmd_invoke)
+
+    # Commands whose code lives in their own modules (labeler/local/): registered here, nothing else.
+    from labeler.local.query_command import add_query_command
+
+    add_query_command(commands, common)
     return parser
 
 
