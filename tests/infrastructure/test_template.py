@@ -61,8 +61,14 @@ def mentions(expression: Any, logical_id: str) -> bool:
 
 
 def role_statements(transformed: dict[str, Any], function: str) -> list[dict[str, Any]]:
+    """Every inline statement of the function's role; a conditional one (Fn::If, NoValue) counts as granted."""
     role = transformed["Resources"][f"{function}Role"]["Properties"]
-    return [statement for policy in role.get("Policies", []) for statement in policy["PolicyDocument"]["Statement"]]
+    found = []
+    for policy in role.get("Policies", []):
+        for statement in policy["PolicyDocument"]["Statement"]:
+            branches = statement["Fn::If"][1:] if "Fn::If" in statement else [statement]
+            found.extend(branch for branch in branches if branch != {"Ref": "AWS::NoValue"})
+    return found
 
 
 def allows(statements: list[dict[str, Any]], action: str, resource: str) -> bool:
