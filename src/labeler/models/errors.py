@@ -50,6 +50,8 @@ class ErrorCode(StrEnum):
     MANIFEST_EMPTY = "manifest_empty"
     # a work batch that could not be processed (dead-lettered)
     BATCH_FAILED = "batch_failed"
+    # an s3:// entry naming a bucket outside SOURCE_BUCKETS
+    SOURCE_NOT_ALLOWED = "source_not_allowed"
 
 
 class LabelerError(Exception):
@@ -195,3 +197,10 @@ class OutOfTime(RuntimeError):
     Not a :class:`LabelerError`: no record is written for the entry; it is left unfinished and the
     retry (Lambda's, or SQS's redelivery) does it.
     """
+
+
+# --- S3 sources --------------------------------------------------------------------------------------------
+class SourceNotAllowed(LabelerError):
+    """An ``s3://bucket/key`` entry names a bucket outside ``SOURCE_BUCKETS``: nothing is read from it."""
+
+    code = ErrorCode.SOURCE_NOT_ALLOWED
