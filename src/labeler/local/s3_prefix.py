@@ -74,15 +74,19 @@ def parse_prefix_url(url: str) -> tuple[str, str]:
     return bucket, prefix
 
 
-def _listing(s3: Any, bucket: str, prefix: str, versions: bool) -> Iterator[tuple[str, int, str | None]]:
+def _listing(
+    s3: Any, bucket: str, prefix: str, versions: bool, page_size: int | None
+) -> Iterator[tuple[str, int, str | None]]:
     """(key, size, version id) of every current object under the prefix, page by page."""
+    pages = {"PageSize": page_size} if page_size else {}
     if versions:
-        for page in s3.get_paginator("list_object_versions").paginate(Bucket=bucket, Prefix=prefix):
+        paginator = s3.get_paginator("list_object_versions")
+        for page in paginator.paginate(Bucket=bucket, Prefix=prefix, PaginationConfig=pages):
             for item in page.get("Versions", []):  # delete markers are listed apart and skipped
                 if item.get("IsLatest"):
                     yield item["Key"], int(item.get("Size", 0)), item.get("VersionId")
         return
-    for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
+    for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix, PaginationConfig=pages):
         for item in page.get("Contents", []):
             yield item["Key"], int(item.get("Size", 0)), None
 
@@ -107,10 +111,11 @@ def write_prefix_manifest(
     *,
     versions: bool = False,
     max_entries: int = DEFAULT_MAX_ENTRIES,
+    page_size: int | None = None,
 ) -> ListingSummary:
     """List the prefix and write one JSON Lines entry per image to ``out``; returns what was counted."""
     summary = ListingSummary(bucket=bucket, prefix=prefix)
-    for key, size, version_id in _listing(s3, bucket, prefix, versions):
+    for key, size, version_id in _listing(s3, bucket, prefix, versions, page_size):
         summary.listed += 1
         reason = skip_reason(key, size)
         if reason is None:
