@@ -277,3 +277,14 @@ def test_a_prefix_without_images(
         buckets.output,
     )
     assert status == 2 and "no images under" in err
+
+
+def test_help_of_the_new_options_and_command(capsys: pytest.CaptureFixture[str]) -> None:
+    for argv, fragment in (
+        (["submit", "--help"], "--prefix s3://BUCKET/PREFIX/"),
+        (["query", "--help"], "--named NAME"),
+    ):
+        with pytest.raises(SystemExit) as raised:
+            cli.main(argv)
+        assert raised.value.code == 0
+        assert fragment in capsys.readouterr().out
