@@ -6,14 +6,14 @@ unchanged against it via ``AWS_ENDPOINT_URL_REKOGNITION``. Responses and errors 
 like AWS's (labels from the DetectLabels documentation's example), and it enforces the
 service's input limits: JPEG/PNG only, ≤ 5 MB, sides 80–10,000 px.
 
-``Image.S3Object`` (Bucket, Name, Version) is read from the embedded S3 (``state.s3_endpoint_url``,
-else ``AWS_ENDPOINT_URL_S3``), as the service reads the caller's bucket: up to 15 MB, the same
-formats and sides; an object it cannot read is ``InvalidS3ObjectException``, as in AWS.
-
 Like the service, it can enforce a TPS quota (``state.quota_tps``): one quota for every client of
 the server, whatever process it runs in; a call that would make more than ``quota_tps`` accepted
 calls within any one second (a sliding window) gets ``ThrottlingException``, as AWS answers an
 account that exceeds its DetectLabels quota. Throttled calls are counted (``state.throttled``).
+
+``Image.S3Object`` (Bucket, Name, Version) is read from the embedded S3 (``state.s3_endpoint_url``,
+else ``AWS_ENDPOINT_URL_S3``), as the service reads the caller's bucket: up to 15 MB, the same
+formats and sides; an object it cannot read is ``InvalidS3ObjectException``, as in AWS.
 """
 
 from __future__ import annotations

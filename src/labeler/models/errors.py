@@ -29,6 +29,8 @@ class ErrorCode(StrEnum):
     HTTP_STATUS = "http_status"
     TOO_MANY_REDIRECTS = "too_many_redirects"
     REDIRECT_LOOP = "redirect_loop"
+    # an s3:// entry naming a bucket outside SOURCE_BUCKETS
+    SOURCE_NOT_ALLOWED = "source_not_allowed"
     TOO_LARGE = "too_large"
     EMPTY_BODY = "empty_body"
     # image content
@@ -50,8 +52,6 @@ class ErrorCode(StrEnum):
     MANIFEST_EMPTY = "manifest_empty"
     # a work batch that could not be processed (dead-lettered)
     BATCH_FAILED = "batch_failed"
-    # an s3:// entry naming a bucket outside SOURCE_BUCKETS
-    SOURCE_NOT_ALLOWED = "source_not_allowed"
 
 
 class LabelerError(Exception):
@@ -190,6 +190,12 @@ class BatchFailed(LabelerError):
     code = ErrorCode.BATCH_FAILED
 
 
+class SourceNotAllowed(LabelerError):
+    """An ``s3://bucket/key`` entry names a bucket outside ``SOURCE_BUCKETS``: nothing is read from it."""
+
+    code = ErrorCode.SOURCE_NOT_ALLOWED
+
+
 # --- not a recorded failure ------------------------------------------------------------------------
 class OutOfTime(RuntimeError):
     """A step of an entry could not finish before the invocation's deadline.
@@ -197,10 +203,3 @@ class OutOfTime(RuntimeError):
     Not a :class:`LabelerError`: no record is written for the entry; it is left unfinished and the
     retry (Lambda's, or SQS's redelivery) does it.
     """
-
-
-# --- S3 sources --------------------------------------------------------------------------------------------
-class SourceNotAllowed(LabelerError):
-    """An ``s3://bucket/key`` entry names a bucket outside ``SOURCE_BUCKETS``: nothing is read from it."""
-
-    code = ErrorCode.SOURCE_NOT_ALLOWED
