@@ -1,6 +1,8 @@
 """``s3-image-labeler``: submit a manifest and follow it, read results, make a gallery, run the handler locally.
 
     s3-image-labeler submit my-images.json --stack s3-image-labeler
+    s3-image-labeler submit --prefix s3://my-photos/2024/ --stack s3-image-labeler
+    s3-image-labeler query --named label_frequencies --param manifest_bucket=IN --param manifest_key=manifests/a.json
     s3-image-labeler results manifests/my-images.json --input-bucket IN --output-bucket OUT [--json]
     s3-image-labeler gallery s3://IN/manifests/my-images.json --output-bucket OUT -o gallery.html
     s3-image-labeler invoke events/s3-put-manifest.json --embedded
@@ -497,7 +499,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Upload MANIFEST to the input bucket, follow its progress until the report says it is done "
         "(or --timeout), then print the result table.",
     )
-    submit.add_argument("manifest", metavar="MANIFEST", help="a local .json or .jsonl manifest file")
+    submit.add_argument("manifest", metavar="MANIFEST", nargs="?", help="a local .json or .jsonl manifest file")
     add_bucket_options(submit)
     submit.add_argument("--key", help="object key in the input bucket (default: manifests/<file name>)")
     submit.add_argument("--timeout", type=float, default=900.0, help="stop waiting after this many seconds (900)")
@@ -554,6 +556,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     invoke.add_argument("--json", action="store_true", help="print the response, reports and records as JSON")
     invoke.set_defaults(func=cmd_invoke)
+
+    # Commands and options whose code lives in their own modules (labeler/local/): registered here, nothing else.
+    from labeler.local.query_command import add_query_command
+    from labeler.local.s3_prefix import add_prefix_options
+
+    add_prefix_options(submit, cmd_submit)
+    add_query_command(commands, common)
     return parser
 
 

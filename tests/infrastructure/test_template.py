@@ -61,8 +61,14 @@ def mentions(expression: Any, logical_id: str) -> bool:
 
 
 def role_statements(transformed: dict[str, Any], function: str) -> list[dict[str, Any]]:
+    """Every inline statement of the function's role; a conditional one (Fn::If, NoValue) counts as granted."""
     role = transformed["Resources"][f"{function}Role"]["Properties"]
-    return [statement for policy in role.get("Policies", []) for statement in policy["PolicyDocument"]["Statement"]]
+    found = []
+    for policy in role.get("Policies", []):
+        for statement in policy["PolicyDocument"]["Statement"]:
+            branches = statement["Fn::If"][1:] if "Fn::If" in statement else [statement]
+            found.extend(branch for branch in branches if branch != {"Ref": "AWS::NoValue"})
+    return found
 
 
 def allows(statements: list[dict[str, Any]], action: str, resource: str) -> bool:
@@ -645,3 +651,220 @@ def test_the_allocator_returns_big_image_buffers_to_the_os(template: dict[str, A
     env = template["Globals"]["Function"]["Environment"]["Variables"]
     tunables = dict(item.split("=") for item in env["GLIBC_TUNABLES"].split(":"))
     assert tunables == {"glibc.malloc.mmap_threshold": "131072", "glibc.malloc.arena_max": "2"}
+
+
+# --- issue 10: the query index, completion events, S3 sources ------------------------------------------------
+QUERY_RESOURCES = {
+    "QueryDatabase": "AWS::Glue::Database",
+    "IndexTable": "AWS::Glue::Table",
+    "QueryWorkGroup": "AWS::Athena::WorkGroup",
+}
+
+
+def resolve(expression: Any, parameters: dict[str, Any], conditions: dict[str, Any]) -> Any:
+    """Evaluate the intrinsics of the template's IAM expressions (Ref, Sub, Join, Split, If) as CloudFormation does."""
+    if isinstance(expression, list):
+        return [resolve(item, parameters, conditions) for item in expression]
+    if not isinstance(expression, dict):
+        return expression
+    if set(expression) == {"Ref"}:
+        return parameters[expression["Ref"]]
+    if "Fn::Join" in expression:
+        delimiter, items = expression["Fn::Join"]
+        return delimiter.join(resolve(items, parameters, conditions))
+    if "Fn::Split" in expression:
+        delimiter, text = expression["Fn::Split"]
+        return resolve(text, parameters, conditions).split(delimiter)
+    if "Fn::Sub" in expression:
+        text, names = expression["Fn::Sub"] if isinstance(expression["Fn::Sub"], list) else (expression["Fn::Sub"], {})
+        values = {**parameters, **{k: resolve(v, parameters, conditions) for k, v in names.items()}}
+        return re.sub(r"\$\{([^}!]+)\}", lambda m: str(values[m.group(1)]), text)
+    if "Fn::If" in expression:
+        name, yes, no = expression["Fn::If"]
+        return resolve(yes if condition(name, parameters, conditions) else no, parameters, conditions)
+    raise AssertionError(f"unexpected intrinsic {expression}")
+
+
+def condition(name: str, parameters: dict[str, Any], conditions: dict[str, Any]) -> bool:
+    def evaluate(node: Any) -> bool:
+        if "Fn::Equals" in node:
+            left, right = (resolve(side, parameters, conditions) for side in node["Fn::Equals"])
+            return bool(left == right)
+        if "Fn::Not" in node:
+            return not evaluate(node["Fn::Not"][0])
+        if "Condition" in node:
+            return condition(node["Condition"], parameters, conditions)
+        raise AssertionError(f"unexpected condition {node}")
+
+    return evaluate(conditions[name])
+
+
+def statement_by_sid(transformed: dict[str, Any], function: str, sid: str) -> dict[str, Any]:
+    found = [s for s in role_statements(transformed, function) if s.get("Sid") == sid]
+    assert len(found) == 1, (function, sid)
+    return found[0]
+
+
+def test_the_query_resources_exist(template: dict[str, Any]) -> None:
+    for name, kind in QUERY_RESOURCES.items():
+        assert template["Resources"][name]["Type"] == kind
+    assert props(template, "QueryDatabase")["DatabaseInput"]["Name"] == {"Ref": "QueryDatabaseName"}
+    assert re.fullmatch(template["Parameters"]["QueryDatabaseName"]["AllowedPattern"], "s3_image_labeler")
+    assert set(template["Outputs"]) >= {"QueryDatabaseName", "IndexTableName", "QueryWorkGroupName"}
+
+
+def test_the_glue_table_columns_match_the_row_schema_field_by_field(template: dict[str, Any]) -> None:
+    from labeler.logic.index_rows import INDEX_COLUMNS, INDEX_TABLE, PARTITION_COLUMN, hive_type
+
+    table = props(template, "IndexTable")["TableInput"]
+    assert table["Name"] == INDEX_TABLE
+    columns = table["StorageDescriptor"]["Columns"]
+    assert [c["Name"] for c in columns] == [c.name for c in INDEX_COLUMNS]
+    for declared, column in zip(columns, INDEX_COLUMNS, strict=True):
+        assert declared["Type"] == hive_type(column.type), column.name
+        assert declared["Comment"] == column.comment, column.name
+    assert table["PartitionKeys"] == [
+        {"Name": PARTITION_COLUMN.name, "Type": hive_type(PARTITION_COLUMN.type), "Comment": PARTITION_COLUMN.comment}
+    ]
+
+
+def test_the_glue_table_reads_the_index_prefix_with_the_openx_serde_and_projects_dt(template: dict[str, Any]) -> None:
+    from labeler.logic.index_rows import INDEX_PREFIX
+
+    table = props(template, "IndexTable")
+    assert table["DatabaseName"] == {"Ref": "QueryDatabase"}
+    table_input = table["TableInput"]
+    assert table_input["TableType"] == "EXTERNAL_TABLE"
+    storage = table_input["StorageDescriptor"]
+    assert storage["Location"] == {"Fn::Sub": f"s3://${{OutputBucket}}/{INDEX_PREFIX}"}
+    assert storage["SerdeInfo"]["SerializationLibrary"] == "org.openx.data.jsonserde.JsonSerDe"
+    assert storage["InputFormat"] == "org.apache.hadoop.mapred.TextInputFormat"
+    assert storage["OutputFormat"] == "org.apache.hadoop.hive.ql.io.HiveIgnoreKeyTextOutputFormat"
+    parameters = table_input["Parameters"]
+    assert parameters["projection.enabled"] == "true"
+    assert parameters["projection.dt.type"] == "date"
+    assert parameters["projection.dt.format"] == "yyyy-MM-dd"  # index_rows writes date.isoformat()
+    assert parameters["projection.dt.range"] == {"Fn::Sub": "${IndexStartDate},NOW"}
+    assert (parameters["projection.dt.interval"], parameters["projection.dt.interval.unit"]) == ("1", "DAYS")
+    # ${!dt} is a literal ${dt} for Athena once CloudFormation has substituted the bucket.
+    assert parameters["storage.location.template"] == {"Fn::Sub": f"s3://${{OutputBucket}}/{INDEX_PREFIX}dt=${{!dt}}/"}
+    # No crawler, no partitions to maintain.
+    assert not resources(template, "AWS::Glue::Crawler") and not resources(template, "AWS::Glue::Partition")
+
+
+def test_the_workgroup_enforces_its_result_location_encryption_and_scan_cutoff(template: dict[str, Any]) -> None:
+    config = props(template, "QueryWorkGroup")["WorkGroupConfiguration"]
+    assert config["EnforceWorkGroupConfiguration"] is True
+    assert config["BytesScannedCutoffPerQuery"] == {"Ref": "AthenaBytesScannedCutoff"}
+    assert template["Parameters"]["AthenaBytesScannedCutoff"]["MinValue"] == 10485760  # Athena's minimum, 10 MB
+    results = config["ResultConfiguration"]
+    assert results["OutputLocation"] == {"Fn::Sub": "s3://${OutputBucket}/athena-results/"}
+    assert results["EncryptionConfiguration"] == {"EncryptionOption": "SSE_S3"}
+    assert results["ExpectedBucketOwner"] == {"Ref": "AWS::AccountId"}
+    rules = {rule["Id"]: rule for rule in props(template, "OutputBucket")["LifecycleConfiguration"]["Rules"]}
+    assert rules["expire-athena-results"]["Prefix"] == "athena-results/"
+    assert rules["expire-athena-results"]["ExpirationInDays"] == {"Ref": "QueryResultDays"}
+    assert not any(rule.get("Prefix", "").startswith("index") for rule in rules.values())  # the index is kept
+
+
+def test_every_named_query_is_the_shared_definition_character_for_character(template: dict[str, Any]) -> None:
+    from labeler.local.named_queries import NAMED_QUERIES, TEMPLATE_RESOURCES
+
+    declared = resources(template, "AWS::Athena::NamedQuery")
+    assert set(declared) == set(TEMPLATE_RESOURCES.values())
+    for name, logical_id in TEMPLATE_RESOURCES.items():
+        p = declared[logical_id]["Properties"]
+        assert p["Name"] == name
+        assert p["QueryString"].rstrip("\n") == NAMED_QUERIES[name].sql
+        assert p["Database"] == {"Ref": "QueryDatabase"} and p["WorkGroup"] == {"Ref": "QueryWorkGroup"}
+        for parameter in NAMED_QUERIES[name].parameters:  # the console shows the description: it names them
+            assert parameter.name in p["Description"], (name, parameter.name)
+    # The issue's four questions, at least.
+    assert {"images_with_label", "label_frequencies", "errors_by_code", "labels_changed"} <= set(NAMED_QUERIES)
+
+
+@pytest.mark.parametrize("function", FUNCTIONS)
+def test_the_functions_get_no_athena_or_glue_rights(transformed: dict[str, Any], function: str) -> None:
+    granted = {action for s in role_statements(transformed, function) for action in as_list(s["Action"])}
+    assert not {a for a in granted if a.split(":")[0] in {"athena", "glue"}}
+
+
+@pytest.mark.parametrize("function", FUNCTIONS)
+def test_index_rows_are_put_under_index_only(transformed: dict[str, Any], function: str) -> None:
+    statement = statement_by_sid(transformed, function, "WriteIndexRows")
+    assert statement["Action"] == "s3:PutObject"
+    assert statement["Resource"] == {"Fn::Sub": "${OutputBucket.Arn}/index/*"}
+    assert "Condition" not in statement
+    # Nothing else may touch index/ (no Get, no Delete), nor athena-results/ (the query user's).
+    for s in role_statements(transformed, function):
+        text = json.dumps(s["Resource"])
+        if "/index/" in text:
+            assert s is statement
+        assert "athena-results" not in text
+
+
+@pytest.mark.parametrize("function", FUNCTIONS)
+def test_completion_events_go_to_the_default_bus_only_with_our_source(
+    transformed: dict[str, Any], function: str
+) -> None:
+    from labeler.adapters.events import DETAIL_TYPE_FAILED, DETAIL_TYPE_LABELED, SOURCE
+
+    statement = statement_by_sid(transformed, function, "PutCompletionEventsOnTheDefaultBus")
+    assert statement["Action"] == "events:PutEvents"
+    assert statement["Resource"] == {
+        "Fn::Sub": "arn:${AWS::Partition}:events:${AWS::Region}:${AWS::AccountId}:event-bus/default"
+    }
+    assert statement["Condition"] == {
+        "StringEquals": {"events:source": SOURCE, "events:detail-type": [DETAIL_TYPE_LABELED, DETAIL_TYPE_FAILED]}
+    }
+    events_statements = [s for s in role_statements(transformed, function) if "events:" in json.dumps(s["Action"])]
+    assert events_statements == [statement]
+
+
+SOURCE_CASES = [
+    ([""], "aws", None),
+    (["photos-a"], "aws", ["arn:aws:s3:::photos-a/*"]),
+    (["photos-a", "photos.b"], "aws", ["arn:aws:s3:::photos-a/*", "arn:aws:s3:::photos.b/*"]),
+    (["photos-a", "photos-b"], "aws-cn", ["arn:aws-cn:s3:::photos-a/*", "arn:aws-cn:s3:::photos-b/*"]),
+    (["photos-a"], "aws-us-gov", ["arn:aws-us-gov:s3:::photos-a/*"]),
+]
+
+
+@pytest.mark.parametrize("function", FUNCTIONS)
+@pytest.mark.parametrize(("names", "partition", "expected"), SOURCE_CASES)
+def test_source_buckets_grant_reads_of_exactly_those_buckets(
+    template: dict[str, Any],
+    transformed: dict[str, Any],
+    function: str,
+    names: list[str],
+    partition: str,
+    expected: list[str] | None,
+) -> None:
+    parameter = template["Parameters"]["SourceBuckets"]
+    assert parameter["Type"] == "CommaDelimitedList" and parameter["Default"] == ""
+    role = transformed["Resources"][f"{function}Role"]["Properties"]
+    conditional = [
+        s
+        for policy in role["Policies"]
+        for s in policy["PolicyDocument"]["Statement"]
+        if "Fn::If" in s and s["Fn::If"][1].get("Sid") == "ReadSourceBuckets"
+    ]
+    assert len(conditional) == 1
+    name, granted, otherwise = conditional[0]["Fn::If"]
+    assert name == "HasSourceBuckets" and otherwise == {"Ref": "AWS::NoValue"}
+    assert granted["Action"] == ["s3:GetObject", "s3:GetObjectVersion"]  # no List, no Put, no Delete
+    parameters = {"SourceBuckets": names, "AWS::Partition": partition}
+    conditions = template["Conditions"]
+    if expected is None:  # empty: the statement is left out, never "*"
+        assert not condition(name, parameters, conditions)
+        return
+    assert condition(name, parameters, conditions)
+    assert resolve(granted["Resource"], parameters, conditions) == expected
+
+
+def test_the_allow_list_reaches_the_functions_as_settings(template: dict[str, Any]) -> None:
+    for function in FUNCTIONS:
+        assert function_env(template, function)["SOURCE_BUCKETS"] == {"Fn::Join": [",", {"Ref": "SourceBuckets"}]}
+    settings = Settings.from_env({"OUTPUT_BUCKET": "out", "SOURCE_BUCKETS": "photos-a, photos-b,,"})
+    assert settings.source_bucket_names == {"photos-a", "photos-b"}
+    assert Settings.from_env({"OUTPUT_BUCKET": "out"}).source_bucket_names == frozenset()

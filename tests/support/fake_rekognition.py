@@ -17,6 +17,10 @@ Like the service, it can enforce a TPS quota (``state.quota_tps``): one quota fo
 the server, whatever process it runs in; a call that would make more than ``quota_tps`` accepted
 calls within any one second (a sliding window) gets ``ThrottlingException``, as AWS answers an
 account that exceeds its DetectLabels quota. Throttled calls are counted (``state.throttled``).
+
+``Image.S3Object`` (Bucket, Name, Version) is read from the embedded S3 (``state.s3_endpoint_url``,
+else ``AWS_ENDPOINT_URL_S3``), as the service reads the caller's bucket: up to 15 MB, the same
+formats and sides; an object it cannot read is ``InvalidS3ObjectException``, as in AWS.
 """
 
 from __future__ import annotations
@@ -101,6 +105,9 @@ class FakeRekognitionState:
     planned_errors: deque[str] = field(default_factory=deque)
     calls: int = 0
     images_seen: list[str] = field(default_factory=list)  # sha256 of each image received
+    # Where Image.S3Object is read from (None: AWS_ENDPOINT_URL_S3), and the objects read: (bucket, key, version).
+    s3_endpoint_url: str | None = None
+    s3_objects_seen: list[tuple[str, str, str | None]] = field(default_factory=list)
     requests: list[dict[str, Any]] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -130,15 +137,21 @@ class FakeRekognitionState:
             self.calls = 0
             self.images_seen.clear()
             self.requests.clear()
+            self.s3_objects_seen.clear()
 
     @property
     def successful_calls(self) -> int:
         return len(self.images_seen)
 
 
-def _image_error(data: bytes) -> tuple[str, str] | None:
+BYTES_MAX = 5 * 1024 * 1024
+S3_OBJECT_MAX = 15 * 1024 * 1024
+S3_OBJECT_UNREADABLE = "Unable to get object metadata from S3. Check object key, region and/or access permissions."
+
+
+def _image_error(data: bytes, max_bytes: int = BYTES_MAX) -> tuple[str, str] | None:
     """The error Rekognition gives for these bytes, if any."""
-    if len(data) > 5 * 1024 * 1024:
+    if len(data) > max_bytes:
         return "ImageTooLargeException", "Image size is too large."
     if not (data.startswith(b"\xff\xd8\xff") or data.startswith(b"\x89PNG\r\n\x1a\n")):
         return "InvalidImageFormatException", "Request has invalid image format"
@@ -205,11 +218,18 @@ class _Handler(BaseHTTPRequestHandler):
             self._error(planned, f"{planned} (planned by the test)")
             return
         image = payload.get("Image", {})
-        if "Bytes" not in image:
-            self._error("InvalidParameterException", "Only Image.Bytes is supported by the stand-in")
+        if "S3Object" in image:
+            data_or_error = _read_s3_object(state, image["S3Object"])
+            if isinstance(data_or_error, tuple):
+                self._error(*data_or_error)
+                return
+            data, limit = data_or_error, S3_OBJECT_MAX
+        elif "Bytes" in image:
+            data, limit = base64.b64decode(image["Bytes"]), BYTES_MAX
+        else:
+            self._error("InvalidParameterException", "Request has invalid parameters")
             return
-        data = base64.b64decode(image["Bytes"])
-        problem = _image_error(data)
+        problem = _image_error(data, limit)
         if problem:
             self._error(*problem)
             return
@@ -242,6 +262,36 @@ def _answer(data: bytes, options: LabelOptions) -> dict[str, Any]:
             for instance in label["Instances"]:
                 instance["DominantColors"] = analysis.box_colors(instance["BoundingBox"], options.max_dominant_colors)
     return response
+
+
+def _read_s3_object(state: FakeRekognitionState, s3_object: Any) -> bytes | tuple[str, str]:
+    """The object's bytes from the embedded S3, or the error DetectLabels answers when it cannot read them."""
+    import os
+
+    import boto3
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    if not isinstance(s3_object, dict) or not s3_object.get("Bucket") or not s3_object.get("Name"):
+        return "InvalidParameterException", "Request has invalid parameters"
+    version = s3_object.get("Version")
+    with state.lock:
+        state.s3_objects_seen.append((s3_object["Bucket"], s3_object["Name"], version))
+    s3 = boto3.client(
+        "s3",
+        endpoint_url=state.s3_endpoint_url or os.environ.get("AWS_ENDPOINT_URL_S3"),
+        region_name="us-east-1",
+    )
+    args = {"Bucket": s3_object["Bucket"], "Key": s3_object["Name"]}
+    if version:
+        args["VersionId"] = version
+    try:
+        head = s3.head_object(**args)
+        if int(head.get("ContentLength", 0)) > S3_OBJECT_MAX:
+            return "ImageTooLargeException", "Image size is too large."
+        data: bytes = s3.get_object(**args)["Body"].read()
+    except (ClientError, BotoCoreError):
+        return "InvalidS3ObjectException", S3_OBJECT_UNREADABLE
+    return data
 
 
 class _Server(ThreadingHTTPServer):

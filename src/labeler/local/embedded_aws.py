@@ -1,4 +1,4 @@
-"""An embedded S3/SQS/DynamoDB-compatible endpoint on loopback (moto's server), for local runs and tests.
+"""An embedded S3/SQS/DynamoDB/EventBridge-compatible endpoint on loopback (moto's server), for local runs and tests.
 
 boto3 honours ``AWS_ENDPOINT_URL_<SERVICE>``, so the very code that runs in Lambda talks to it
 unchanged. Nothing listens beyond 127.0.0.1, and ``stop()`` frees the port.
@@ -13,7 +13,7 @@ import os
 from types import TracebackType
 from typing import Any
 
-SERVICES = ("S3", "SQS", "DYNAMODB")
+SERVICES = ("S3", "SQS", "DYNAMODB", "EVENTBRIDGE")  # service ids: AWS_ENDPOINT_URL_<ID>
 DUMMY_SECRET = "local"  # noqa: S105 - moto accepts any credentials
 
 
@@ -78,6 +78,34 @@ class EmbeddedAws:
         s3.create_bucket(Bucket=name)
         if versioning:
             s3.put_bucket_versioning(Bucket=name, VersioningConfiguration={"Status": "Enabled"})
+
+    def route_events_to_queue(self, rule_name: str, event_pattern: dict[str, Any], queue_name: str) -> str:
+        """A rule on the default event bus whose target is a new SQS queue (as in AWS); returns the queue URL.
+
+        moto delivers events matched by the rule to the queue, the message body being the event.
+        The queue policy lets EventBridge send to it, as AWS requires.
+        """
+        import json
+
+        sqs, events = self.client("sqs"), self.client("events")
+        queue_url: str = sqs.create_queue(QueueName=queue_name)["QueueUrl"]
+        queue_arn = sqs.get_queue_attributes(QueueUrl=queue_url, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
+        rule_arn = events.put_rule(Name=rule_name, EventPattern=json.dumps(event_pattern), State="ENABLED")["RuleArn"]
+        policy = {
+            "Version": "2012-10-17",
+            "Statement": [
+                {
+                    "Effect": "Allow",
+                    "Principal": {"Service": "events.amazonaws.com"},
+                    "Action": "sqs:SendMessage",
+                    "Resource": queue_arn,
+                    "Condition": {"ArnEquals": {"aws:SourceArn": rule_arn}},
+                }
+            ],
+        }
+        sqs.set_queue_attributes(QueueUrl=queue_url, Attributes={"Policy": json.dumps(policy)})
+        events.put_targets(Rule=rule_name, Targets=[{"Id": "queue", "Arn": queue_arn}])
+        return queue_url
 
     def stop(self) -> None:
         if self._server is not None:

@@ -29,6 +29,8 @@ class ErrorCode(StrEnum):
     HTTP_STATUS = "http_status"
     TOO_MANY_REDIRECTS = "too_many_redirects"
     REDIRECT_LOOP = "redirect_loop"
+    # an s3:// entry naming a bucket outside SOURCE_BUCKETS
+    SOURCE_NOT_ALLOWED = "source_not_allowed"
     TOO_LARGE = "too_large"
     EMPTY_BODY = "empty_body"
     # image content
@@ -188,6 +190,12 @@ class ManifestEmpty(ManifestError):
 
 class BatchFailed(LabelerError):
     code = ErrorCode.BATCH_FAILED
+
+
+class SourceNotAllowed(LabelerError):
+    """An ``s3://bucket/key`` entry names a bucket outside ``SOURCE_BUCKETS``: nothing is read from it."""
+
+    code = ErrorCode.SOURCE_NOT_ALLOWED
 
 
 # --- not a recorded failure ------------------------------------------------------------------------

@@ -60,6 +60,13 @@ class Settings:
     max_receive_count: int = 3
     dead_letter_queue_url: str = ""
     label_cache: bool = True
+    # Buckets that s3://bucket/key entries may name, comma-separated (template: SourceBuckets); empty: none.
+    source_buckets: str = ""
+
+    @property
+    def source_bucket_names(self) -> frozenset[str]:
+        """``SOURCE_BUCKETS`` as a set of names (blanks between commas ignored)."""
+        return frozenset(name.strip() for name in self.source_buckets.split(",") if name.strip())
 
     @property
     def fans_out(self) -> bool:
