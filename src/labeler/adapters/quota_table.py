@@ -8,10 +8,12 @@ makes them. A lease of ``k`` slots is one atomic ``UpdateItem`` that moves ``tat
 
 * busy (``tat`` is now or later): ``ADD tat :span`` if ``tat >= :now`` → slots ``[tat_old, tat_new)``;
 * idle (``tat`` in the past or absent): ``SET tat = :now + :lead + :span`` if it is still behind →
-  slots from ``now + lead``. Idle time is never saved up, so a start is never a burst.
+  slots from ``now + lead``, where the lead is twice the last request's round trip (the answer must
+  arrive before the first slot). Idle time is never saved up, so a start is never a burst.
 
-A lease guesses which case applies from its previous one; a wrong guess costs one conditional
-request more (``ConditionalCheckFailed``), at most two, since ``tat`` never moves backwards.
+A lease knows it is busy when ``tat`` as last seen is still ahead (it never moves backwards);
+otherwise it guesses from its previous lease. A wrong guess costs one conditional request more
+(``ConditionalCheckFailed``), never two.
 
 >>> slots = TableSlots(client_factory, "my-state-table", quota_tps=50)  # doctest: +SKIP
 >>> SlotLimiter(slots, fallback=LocalSlots(50 / 6)).acquire()           # doctest: +SKIP
@@ -33,10 +35,11 @@ ITEM_TTL_SECONDS = 24 * 3600
 
 
 def build_table_client() -> Any:
-    """A DynamoDB client for leases: short timeouts (a slow table means the local pace, not waiting).
+    """A DynamoDB client for leases: a slow or failing table means the local pace at once, not waiting.
 
-    One retry only: a lease is not idempotent (a retried ``ADD`` whose first answer was lost books
-    its slots twice, which wastes them but never exceeds the quota).
+    No retries: a failed lease falls back to the local pace and the table is tried again a few
+    seconds later; and a lease is not idempotent (a retried ``ADD`` whose first answer was lost
+    would book its slots twice).
     """
     import boto3
     from botocore.config import Config
@@ -44,7 +47,7 @@ def build_table_client() -> Any:
     config = Config(
         connect_timeout=1,
         read_timeout=1,
-        retries={"mode": "standard", "total_max_attempts": 2},
+        retries={"mode": "standard", "total_max_attempts": 1},
         max_pool_connections=2,
     )
     return boto3.client("dynamodb", config=config)
@@ -60,7 +63,8 @@ class TableSlots:
         quota_tps: float,
         *,
         key: str = QUOTA_KEY,
-        lead: float = 0.02,
+        min_lead: float = 0.02,
+        max_lead: float = 0.25,
         wall: Callable[[], float] = time.time,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
@@ -71,11 +75,12 @@ class TableSlots:
         self._client: Any = None
         self._table = table_name
         self._key = {"id": {"S": key}}
-        # the first slot after an idle spell is a little ahead: the lease's answer must arrive first
-        self._lead_us = round(lead * 1_000_000)
+        self._min_lead, self._max_lead = min_lead, max_lead
+        self._round_trip = 0.05  # until measured: the first request also opens the connection
         self._wall = wall
         self._clock = clock
         self._idle_guess = True
+        self._seen_tat_us = 0  # tat as last seen by this process (it only moves forwards)
         self._lock = threading.Lock()
         self.requests = 0  # UpdateItem requests sent (the cost bound counts them)
 
@@ -85,12 +90,16 @@ class TableSlots:
                 self._client = self._client_factory()
             now_mono, now_us = self._clock(), round(self._wall() * 1_000_000)
             span = count * self._interval_us
-            steps = [self._resume, self._extend] if self._idle_guess else [self._extend, self._resume, self._extend]
+            idle = self._idle_guess and now_us >= self._seen_tat_us
+            steps = [self._resume, self._extend] if idle else [self._extend, self._resume, self._extend]
             for step in steps:
+                sent = self._clock()
                 tat = step(now_us, span)
+                self._round_trip = self._clock() - sent
                 if tat is not None:
                     resumed = step == self._resume
                     self._idle_guess = resumed
+                    self._seen_tat_us = tat
                     first = now_mono + (tat - span - now_us) / 1_000_000
                     return Lease(first, count, self.interval, resumed)
             raise RuntimeError("the quota item changed under every conditional lease")  # tat never moves back
@@ -121,11 +130,13 @@ class TableSlots:
         )
 
     def _resume(self, now_us: int, span: int) -> int | None:
-        """Idle: restart the timeline at now (plus the lead), never from the past."""
+        """Idle: restart the timeline at now plus the lead, never from the past."""
+        # the first slot must come after the answer does: twice the last round trip, within bounds
+        lead_us = round(min(self._max_lead, max(self._min_lead, 2 * self._round_trip)) * 1_000_000)
         return self._update(
             "SET tat = :start, expiration = :expiration",
             "attribute_not_exists(tat) OR tat < :now",
-            {":start": {"N": str(now_us + self._lead_us + span)}, ":now": {"N": str(now_us)}},
+            {":start": {"N": str(now_us + lead_us + span)}, ":now": {"N": str(now_us)}},
         )
 
 

@@ -111,9 +111,9 @@ class SlotLimiter:
     thread then waiting, at most ``max_lease`` (about a second of the quota). It books when this
     process has no booked slot left, or ``book_ahead`` seconds before its last one: meanwhile new
     callers gather, so at full load a lease serves many of them at once and no slot is booked for a
-    caller that never comes. Only when the timeline was idle (the last lease resumed it) is a lease
-    padded to ``min_lease`` slots: the next callers then come within a few slots' time, and no one
-    else is waiting for the quota.
+    caller that never comes. Only while this process has the timeline to itself (its last lease
+    resumed an idle timeline, or followed on its own previous one) is a lease padded to
+    ``min_lease`` slots: a slot it then leaves unused is one nobody else was waiting for.
 
     When ``source`` raises, the limiter leases from ``fallback`` instead, warns once, and tries
     ``source`` again after ``retry_after`` seconds (doubling while it keeps failing, up to
@@ -149,7 +149,7 @@ class SlotLimiter:
         self._warn = warn or _log_warning
         self._slots: deque[float] = deque()
         self._booked_until = -math.inf  # this process's last booked slot
-        self._idle = True  # the last lease resumed an idle timeline (or there was none yet)
+        self._alone = True  # nobody else booked around this process's last lease (or there was none yet)
         self._waiting = 0
         self._leasing = False
         self._cond = threading.Condition()
@@ -201,7 +201,7 @@ class SlotLimiter:
     def _book(self) -> None:
         """Lease slots for the waiting callers (``_cond`` held on entry and exit, released meanwhile)."""
         count = min(self.max_lease, self._waiting)
-        if self._idle:
+        if self._alone:
             count = max(count, self.min_lease)
         self._leasing = True
         self._cond.release()
@@ -211,8 +211,9 @@ class SlotLimiter:
             self._cond.acquire()
             self._leasing = False
         self._slots.extend(lease.slots())
+        follows_ours = abs(lease.first - (self._booked_until + lease.interval)) < lease.interval / 2
+        self._alone = lease.resumed or follows_ours
         self._booked_until = lease.last
-        self._idle = lease.resumed
         self.stats.slots_leased += lease.count
         self._cond.notify_all()
 
