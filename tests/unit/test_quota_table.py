@@ -83,7 +83,7 @@ def test_processes_sharing_the_table_never_get_the_same_or_bunched_slots(clients
             moments += process.lease(2 + number + round_).slots()
         clock.now += 0.05
     moments.sort()
-    gaps = [b - a for a, b in zip(moments, moments[1:], strict=False)]
+    gaps = [b - a for a, b in itertools.pairwise(moments)]
     interval = processes[0].interval
     assert min(gaps) == pytest.approx(interval) and max(gaps) == pytest.approx(interval)
     assert moments[0] >= 0.0

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import threading
 import time
 
@@ -66,7 +67,7 @@ def test_calls_are_evenly_spaced_from_the_first_one() -> None:
         limiter.acquire()
         moments.append(clock.now)
     assert moments[0] == 1000.0  # no burst at the start, and no wait either
-    gaps = [b - a for a, b in zip(moments, moments[1:], strict=False)]
+    gaps = [b - a for a, b in itertools.pairwise(moments)]
     assert gaps == pytest.approx([0.1] * 11)
 
 
