@@ -79,15 +79,16 @@ def test_connection_errors_are_retried_through_the_limiter(fake_rekognition: Fak
     from botocore.exceptions import ConnectionClosedError
 
     client = build_client()
+    limiter = SlotLimiter(LocalSlots(1000))
+    backend = quick(client, limiter)
     broken = iter([True, True])
 
-    def drop(**_: Any) -> None:
+    def drop(**_: Any) -> None:  # after the limiter's own hook: the connection breaks while sending
         if next(broken, False):
             raise ConnectionClosedError(endpoint_url=fake_rekognition.endpoint_url)
 
     client.meta.events.register("before-send.rekognition.DetectLabels", drop)
-    limiter = SlotLimiter(LocalSlots(1000))
-    assert quick(client, limiter).detect_labels(jpeg(), min_confidence=55, max_labels=50).labels
+    assert backend.detect_labels(jpeg(), min_confidence=55, max_labels=50).labels
     assert limiter.stats.slots_used == 3 and fake_rekognition.state.calls == 1
 
 

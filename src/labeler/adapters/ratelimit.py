@@ -9,6 +9,9 @@ it paces itself on a local fallback source while the shared one fails.
 
 >>> limiter = SlotLimiter(LocalSlots(rate_per_second=49))
 >>> waited = limiter.acquire()  # the first slot is now; the next ones follow 1/49 s apart
+
+A caller that prepares its request after taking the slot reserves it first and waits for it just
+before sending (``reserve``, then ``wait``): the request then leaves at the slot's moment.
 """
 
 from __future__ import annotations
@@ -99,7 +102,8 @@ class LimiterStats:
     fallback_leases: int = 0
     slots_leased: int = 0
     slots_used: int = 0
-    # leased but never used: passed while no thread wanted them, or left when the process went idle
+    # leased but never used: passed while no thread wanted them, left when the process went idle,
+    # or missed by a caller that woke too late to send on time
     slots_expired: int = 0
     table_failures: int = 0
 
@@ -164,16 +168,38 @@ class SlotLimiter:
         slot after it; the slot is then left for another caller.
         """
         started = self._clock()
+        self.wait(self.reserve(latest_start), latest_start)
+        return max(0.0, self._clock() - started)
+
+    def reserve(self, latest_start: float | None = None) -> float:
+        """Take this caller's slot without waiting for it; its ``time.monotonic()`` instant."""
         with self._cond:
             self._waiting += 1
             try:
-                slot = self._next_slot(latest_start)
+                return self._next_slot(latest_start)
             finally:
                 self._waiting -= 1
-        wait = slot - self._clock()
-        if wait > 0:
-            self._sleep(wait)
-        return max(0.0, self._clock() - started)
+
+    def wait(self, slot: float, latest_start: float | None = None) -> float:
+        """Sleep until ``slot``; the slot used. One missed by more than ``max_late`` is replaced:
+        a late call would come too close to the next one."""
+        while True:
+            now = self._clock()
+            if slot > now:
+                self._sleep(slot - now)
+                now = self._clock()
+            if now - slot <= self.max_late:
+                with self._cond:
+                    self.stats.slots_used += 1
+                return slot
+            with self._cond:
+                self.stats.slots_expired += 1
+            slot = self.reserve(latest_start)
+
+    def forfeit(self, slot: float) -> None:
+        """A reserved slot that will not be used (its request failed before it was sent)."""
+        with self._cond:
+            self.stats.slots_expired += 1
 
     def _next_slot(self, latest_start: float | None) -> float:
         """Pop this caller's slot (``_cond`` held), booking more when it is time."""
@@ -187,7 +213,6 @@ class SlotLimiter:
             if self._slots:
                 if latest_start is not None and self._slots[0] > latest_start:
                     raise OutOfTime("the next DetectLabels slot is after the deadline")
-                self.stats.slots_used += 1
                 return self._slots.popleft()
             book_at = self._booked_until - self.book_ahead
             if self._leasing or now < book_at:

@@ -2,6 +2,9 @@
 
 Every attempt, first or retried, takes a slot of the rate limiter (the stack-wide quota, see
 ``labeler.adapters.quota_table``), so retries never add load the limiter does not know about.
+The slot is reserved before the request is built and waited for in botocore's ``before-send``
+hook, after serialisation and signing: the request leaves at the slot's moment, however long a
+big image took to encode.
 botocore therefore does not retry at all (``total_max_attempts=1``): this module retries
 throttling, 5xx answers and connection errors itself, with exponential backoff and full jitter,
 up to a generous budget (:class:`RetryPolicy`); only then does an entry get ``throttled``.
@@ -102,6 +105,8 @@ class RekognitionBackend:
         self._clock = clock
         self._sleep = sleep
         self._rng = rng
+        self._pending = threading.local()  # this thread's reserved slot, until its request is sent
+        self._watch(self._client)
         # The label model version Rekognition last answered with; the label cache checks it.
         self.model_version: str | None = None
 
@@ -118,9 +123,10 @@ class RekognitionBackend:
                 if latest_start is not None and self._clock() + delay > latest_start:
                     raise OutOfTime(f"DetectLabels failed ({_code(last_error)}); no time left to retry")
                 self._sleep(delay)
-            if self._limiter is not None:
-                self._limiter.acquire(latest_start)  # every attempt takes a slot of the shared quota
-            client = self._client_for(deadline)
+            # every attempt takes a slot of the shared quota, at most ``latest_start``
+            slot = self._limiter.reserve(latest_start) if self._limiter is not None else None
+            client = self._client_for(deadline, self._clock() if slot is None else slot)
+            self._pending.slot = (slot, latest_start)
             try:
                 response = client.detect_labels(
                     Image={"Bytes": image}, MinConfidence=float(min_confidence), MaxLabels=int(max_labels)
@@ -137,6 +143,8 @@ class RekognitionBackend:
                     raise
                 last_error = exc
                 continue
+            finally:
+                self._settle_slot()
             self.model_version = response.get("LabelModelVersion") or self.model_version
             return LabelResult(
                 labels=response.get("Labels", []),
@@ -149,11 +157,31 @@ class RekognitionBackend:
             raise Throttled(f"Rekognition kept throttling after {attempts} attempts", aws_code=code)
         raise LabelingFailed(f"Rekognition failed {attempts} times: {code}: {last_error}", aws_code=code)
 
-    def _client_for(self, deadline: float | None) -> Any:
-        """The client whose read timeout fits the time left before ``deadline``."""
+    def _send_at_slot(self, **_: Any) -> None:
+        """botocore's ``before-send`` hook: hold the signed request until this thread's slot."""
+        pending = getattr(self._pending, "slot", None)
+        self._pending.slot = None
+        if pending is not None and pending[0] is not None and self._limiter is not None:
+            self._limiter.wait(*pending)
+
+    def _settle_slot(self) -> None:
+        """A slot reserved for a request that failed before being sent is lost: count it so."""
+        pending = getattr(self._pending, "slot", None)
+        self._pending.slot = None
+        if pending is not None and pending[0] is not None and self._limiter is not None:
+            self._limiter.forfeit(pending[0])
+
+    def _watch(self, client: Any) -> Any:
+        client.meta.events.register(
+            "before-send.rekognition.DetectLabels", self._send_at_slot, unique_id=f"labeler-slot-{id(self)}"
+        )
+        return client
+
+    def _client_for(self, deadline: float | None, start: float) -> Any:
+        """The client whose read timeout fits the time left at ``start`` before ``deadline``."""
         if deadline is None:
             return self._client
-        left = deadline - self._clock()
+        left = deadline - start
         if left < self.retry.min_attempt_seconds:
             raise OutOfTime("no time left for a DetectLabels attempt")
         if left >= self._client.meta.config.read_timeout + self._client.meta.config.connect_timeout:
@@ -162,7 +190,7 @@ class RekognitionBackend:
         timeout = next((t for t in SHORT_READ_TIMEOUTS if 2 * t <= left), SHORT_READ_TIMEOUTS[-1])
         with self._short_lock:
             if timeout not in self._short_clients:
-                self._short_clients[timeout] = self._client_factory(timeout)
+                self._short_clients[timeout] = self._watch(self._client_factory(timeout))
             return self._short_clients[timeout]
 
     def _like_the_client(self, read_timeout: float) -> Any:
