@@ -135,6 +135,25 @@ def test_slots_whose_moment_passed_are_dropped_not_bunched() -> None:
     assert source.counts == [5, 5]
 
 
+def test_a_slot_missed_by_a_late_wake_up_is_replaced_not_used_late() -> None:
+    clock = FakeClock()
+    limiter = SlotLimiter(LocalSlots(10, clock=clock), max_late=0.01, clock=clock, sleep=clock.sleep)
+    limiter.acquire()
+    slot = limiter.reserve()  # 1000.1
+    clock.now += 0.15  # the process was descheduled past its slot
+    used = limiter.wait(slot)
+    assert used == pytest.approx(1000.2) and clock.now == pytest.approx(1000.2)  # the next one, on time
+    assert limiter.stats.slots_expired == 1
+
+    def oversleep(seconds: float) -> None:
+        clock.now += seconds + 0.05  # a process that always wakes 50 ms late
+
+    late = SlotLimiter(LocalSlots(10, clock=clock), max_late=0.01, clock=clock, sleep=oversleep)
+    late.acquire()
+    late.acquire()  # replaced twice, then used late rather than never
+    assert late.stats.slots_used == 2 and late.stats.slots_expired == 2
+
+
 def test_no_slot_is_taken_after_the_latest_start() -> None:
     clock = FakeClock()
     source = ScriptedSource(clock)

@@ -180,21 +180,23 @@ class SlotLimiter:
             finally:
                 self._waiting -= 1
 
-    def wait(self, slot: float, latest_start: float | None = None) -> float:
-        """Sleep until ``slot``; the slot used. One missed by more than ``max_late`` is replaced:
-        a late call would come too close to the next one."""
-        while True:
+    def wait(self, slot: float, latest_start: float | None = None, replacements: int = 2) -> float:
+        """Sleep until ``slot``; the slot used. One missed by more than ``max_late`` (the process was
+        not scheduled in time) is replaced, up to ``replacements`` times: a late call would come too
+        close to the next one. A process that always wakes late uses its last slot late anyway."""
+        for replaced in range(replacements + 1):
             now = self._clock()
             if slot > now:
                 self._sleep(slot - now)
                 now = self._clock()
-            if now - slot <= self.max_late:
-                with self._cond:
-                    self.stats.slots_used += 1
-                return slot
+            if now - slot <= self.max_late or replaced == replacements:
+                break
             with self._cond:
                 self.stats.slots_expired += 1
             slot = self.reserve(latest_start)
+        with self._cond:
+            self.stats.slots_used += 1
+        return slot
 
     def forfeit(self, slot: float) -> None:
         """A reserved slot that will not be used (its request failed before it was sent)."""
