@@ -66,7 +66,7 @@ class RetryPolicy:
     """How long a call keeps trying: ``max_attempts`` in all, full-jitter backoff between them.
 
     The defaults outlast about half a minute of throttling (1 + 11 retries, waits drawn up to
-    0.2, 0.4, ... capped at 8 s: ~24 s expected) before an entry is recorded as ``throttled``.
+    0.2, 0.4, ... capped at 8 s: ~26 s in all on average) before an entry is recorded as ``throttled``.
     """
 
     max_attempts: int = 12
