@@ -237,12 +237,12 @@ class SlotLimiter:
         finally:
             self._cond.acquire()
             self._leasing = False
+            self._cond.notify_all()  # the waiters take the new slots, or one of them leases next
         self._slots.extend(lease.slots())
         follows_ours = abs(lease.first - (self._booked_until + lease.interval)) < lease.interval / 2
         self._alone = lease.resumed or follows_ours
         self._booked_until = lease.last
         self.stats.slots_leased += lease.count
-        self._cond.notify_all()
 
     def _lease(self, count: int) -> Lease:
         """``count`` slots from the source, or from the fallback while the source is failing."""
