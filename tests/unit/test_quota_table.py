@@ -55,8 +55,14 @@ def clients(embedded_aws: EmbeddedAws) -> CountingClients:
     return CountingClients()
 
 
-def slots_of(clock: FakeClock, clients: CountingClients, table: str, quota: float = 50.0) -> TableSlots:
+def slots_of(clock: FakeClock, clients: Any, table: str, quota: float = 50.0) -> TableSlots:
     return TableSlots(clients, table, quota, wall=clock.wall, clock=clock)
+
+
+def with_fallback(slots: TableSlots, clock: FakeClock, warnings: list[str], rate: float) -> SlotLimiter:
+    """A limiter on ``slots`` that falls back to ``rate`` calls/s, its warnings kept in ``warnings``."""
+    fallback = LocalSlots(rate, clock=clock)
+    return SlotLimiter(slots, fallback=fallback, clock=clock, sleep=clock.sleep, warn=warnings.append)
 
 
 def test_leases_continue_one_timeline_one_request_each(clients: CountingClients, table: str) -> None:
@@ -129,13 +135,7 @@ def test_a_missing_table_means_the_local_pace_logged_once(embedded_aws: Embedded
     clock = FakeClock()
     name = f"quota-later-{next(_tables)}"
     warnings: list[str] = []
-    limiter = SlotLimiter(
-        slots_of(clock, clients, name),
-        fallback=LocalSlots(10, clock=clock),
-        clock=clock,
-        sleep=clock.sleep,
-        warn=warnings.append,
-    )
+    limiter = with_fallback(slots_of(clock, clients, name), clock, warnings, rate=10)
     for _ in range(20):
         limiter.acquire()
     assert limiter.stats.fallback_leases > 0 and limiter.stats.leases == 0
@@ -162,13 +162,7 @@ def test_a_slow_table_means_the_local_pace(clients: CountingClients, table: str)
 
     clock = FakeClock()
     warnings: list[str] = []
-    limiter = SlotLimiter(
-        TableSlots(slow_clients, table, 50, wall=clock.wall, clock=clock),
-        fallback=LocalSlots(5, clock=clock),
-        clock=clock,
-        sleep=clock.sleep,
-        warn=warnings.append,
-    )
+    limiter = with_fallback(slots_of(clock, slow_clients, table), clock, warnings, rate=5)
     for _ in range(10):
         limiter.acquire()
     assert limiter.stats.slots_used == 10
