@@ -125,9 +125,9 @@ class RekognitionBackend:
                 self._sleep(delay)
             # every attempt takes a slot of the shared quota, at most ``latest_start``
             slot = self._limiter.reserve(latest_start) if self._limiter is not None else None
-            client = self._client_for(deadline, self._clock() if slot is None else slot)
             self._pending.slot = (slot, latest_start)
             try:
+                client = self._client_for(deadline, self._clock() if slot is None else slot)
                 response = client.detect_labels(
                     Image={"Bytes": image}, MinConfidence=float(min_confidence), MaxLabels=int(max_labels)
                 )
