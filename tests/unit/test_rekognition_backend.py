@@ -137,7 +137,10 @@ def test_the_read_timeout_is_cut_to_the_time_left(fake_rekognition: FakeRekognit
         built.append(read_timeout)
         return build_client(read_timeout=read_timeout)
 
-    fake_rekognition.state.latency_seconds = 3.0  # slower than the time left
+    fake_rekognition.state.latency_seconds = 1.0  # slower than the read timeout that fits
+    # The stand-in answers after the client gave up: an error, so that late answer never counts as
+    # a success in the next test's stand-in state.
+    fake_rekognition.state.fail_next("InternalServerError")
     backend = quick(client_factory=short_client)
     with pytest.raises(OutOfTime):
         backend.detect_labels(jpeg(), min_confidence=55, max_labels=50, deadline=time.monotonic() + 1.5)
