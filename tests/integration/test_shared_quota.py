@@ -35,10 +35,10 @@ def table(embedded_aws: EmbeddedAws) -> str:
 
 def test_containers_in_threads_share_one_quota(fake_rekognition: FakeRekognition, table: str) -> None:
     fake_rekognition.state.quota_tps = 40
-    fake_rekognition.state.latency_seconds = 0.05  # 16 threads could make 320 calls/s: the quota binds
+    fake_rekognition.state.latency_seconds = 0.05  # 32 threads could make 640 calls/s: the quota binds
     # throttles from "another user of the account": absorbed by retries that take slots too
     fake_rekognition.state.fail_next(*(["ThrottlingException"] * 4))
-    containers = [Container(table, 40, threads=16) for _ in range(3)]
+    containers = [Container(table, 40, threads=32) for _ in range(3)]  # MAX_WORKERS' default
     errors: list[list[str]] = []
     runs = [threading.Thread(target=lambda c=c: errors.append(c.label(48))) for c in containers]
     for run in runs:
@@ -54,7 +54,7 @@ def test_containers_in_threads_share_one_quota(fake_rekognition: FakeRekognition
     assert sum(c.limiter.stats.fallback_leases for c in containers) == 0
     update_items = sum(c.update_items for c in containers)
     assert update_items / state.calls <= COST_BOUND, (update_items, state.calls)
-    # Sanity, not a rate: without the shared limiter, 48 threads against 40 TPS are throttled far more
+    # Sanity, not a rate: without the shared limiter, 96 threads against 40 TPS are throttled far more
     # often than they succeed.
     assert state.throttled < state.successful_calls
 
@@ -65,7 +65,7 @@ def test_containers_in_processes_share_one_quota(fake_rekognition: FakeRekogniti
     fake_rekognition.state.latency_seconds = 0.05
     children = [
         subprocess.Popen(
-            [sys.executable, "-m", "tests.support.quota_child", table, "30", "16", "40"],
+            [sys.executable, "-m", "tests.support.quota_child", table, "30", "32", "40"],
             cwd=ROOT,
             stdout=subprocess.PIPE,
             text=True,
