@@ -106,7 +106,6 @@ def child_base_env() -> dict[str, str]:
             "WORK_QUEUE_URL",
             "STATE_TABLE",
             "REKOGNITION_MAX_TPS",
-            "REKOGNITION_TPS_SHARE",
         }
     }
     env.update(

@@ -356,7 +356,7 @@ def test_worker_consumes_the_work_queue_one_message_at_a_time(
     assert mapping["FunctionResponseTypes"] == ["ReportBatchItemFailures"]
     assert mapping["ScalingConfig"] == {"MaximumConcurrency": {"Ref": "WorkerMaxConcurrency"}}
     assert template["Parameters"]["WorkerMaxConcurrency"]["MinValue"] == 2
-    assert template["Parameters"]["WorkerMaxConcurrency"]["Default"] == 10
+    assert template["Parameters"]["WorkerMaxConcurrency"]["Default"] == 5
 
 
 def test_redrive_and_visibility(template: dict[str, Any]) -> None:
@@ -458,10 +458,9 @@ def test_env_vars_are_settings_fields_or_powertools(template: dict[str, Any], fu
 
 def test_parameter_defaults_agree_with_settings_defaults(template: dict[str, Any]) -> None:
     """A deploy with default parameters behaves as the README's settings table says."""
-    differ_on_purpose = {"REKOGNITION_TPS_SHARE"}  # 1 locally; the template shares the quota
     checked = 0
     for name, value in function_env(template, "ManifestFunction").items():
-        if name in differ_on_purpose or name not in SETTINGS_FIELDS or not (isinstance(value, dict) and "Ref" in value):
+        if name not in SETTINGS_FIELDS or not (isinstance(value, dict) and "Ref" in value):
             continue
         parameter = template["Parameters"].get(value["Ref"])
         if parameter is None:
@@ -469,7 +468,7 @@ def test_parameter_defaults_agree_with_settings_defaults(template: dict[str, Any
         default = SETTINGS_FIELDS[name].default
         assert float(parameter["Default"]) == float(default), (name, parameter["Default"], default)
         checked += 1
-    assert checked >= 9
+    assert checked >= 10
 
 
 def test_parsed_settings_from_template_defaults_validate(template: dict[str, Any]) -> None:
@@ -481,13 +480,58 @@ def test_parsed_settings_from_template_defaults_validate(template: dict[str, Any
             value = f"resolved-{name.lower()}"
         env[name] = str(value)
     settings = Settings.from_env(env)
-    assert settings.rekognition_tps_share == 10 and settings.max_receive_count == 3
+    assert settings.worker_max_concurrency == 5 and settings.max_receive_count == 3
+    assert settings.state_table  # the shared DetectLabels limiter is on in every deployed function
 
 
-def test_rekognition_share_default_lets_a_full_fan_out_use_the_whole_quota(template: dict[str, Any]) -> None:
-    # Each of WorkerMaxConcurrency workers paces itself to MaxTps / Share: equal, they add up to the quota.
-    parameters = template["Parameters"]
-    assert parameters["RekognitionTpsShare"]["Default"] == parameters["WorkerMaxConcurrency"]["Default"]
+def defaults(template: dict[str, Any]) -> dict[str, float]:
+    return {name: float(spec["Default"]) for name, spec in template["Parameters"].items() if spec["Type"] == "Number"}
+
+
+def test_no_parameter_divides_the_quota_statically(template: dict[str, Any]) -> None:
+    assert "RekognitionTpsShare" not in template["Parameters"]
+    for function in FUNCTIONS:
+        assert "REKOGNITION_TPS_SHARE" not in function_env(template, function)
+        assert function_env(template, function)["STATE_TABLE"] == {"Ref": "StateTable"}  # where the quota is shared
+
+
+def test_one_invocation_at_the_defaults_can_use_the_whole_quota(template: dict[str, Any]) -> None:
+    """docs/scale.md: MAX_WORKERS threads keep the quota busy while an image takes up to ~0.6 s."""
+    d = defaults(template)
+    image_seconds = 0.1 + 0.15  # the reference image: 100 ms download, 150 ms DetectLabels
+    assert d["MaxWorkers"] / image_seconds >= 2 * d["RekognitionMaxTps"]
+    assert d["MaxWorkers"] / 0.6 >= d["RekognitionMaxTps"]
+    # a lone inline manifest is then quota-bound: N / quota >= N * image_seconds / MAX_WORKERS
+    assert d["InlineMaxImages"] / d["RekognitionMaxTps"] >= d["InlineMaxImages"] * image_seconds / d["MaxWorkers"]
+
+
+def test_a_fan_out_at_the_defaults_keeps_the_quota_busy_and_fits_its_timeouts(template: dict[str, Any]) -> None:
+    d = defaults(template)
+    # images in flight across the workers: enough for 1 s per image (slow hosts) at twice the quota
+    assert d["WorkerMaxConcurrency"] * min(d["MaxWorkers"], d["BatchSize"]) >= 2 * d["RekognitionMaxTps"]
+    # a batch fits WorkerTimeout (less the 15 s deadline margin) even when its worker gets only a
+    # tenth of the quota, or when every download times out
+    share = d["RekognitionMaxTps"] / 10
+    assert d["BatchSize"] / share <= d["WorkerTimeout"] - 15
+    rounds = -(-d["BatchSize"] // d["MaxWorkers"])
+    assert rounds * d["DownloadTimeoutSeconds"] <= d["WorkerTimeout"] - 15
+
+
+def test_the_defaults_deploy_in_a_new_account_with_10_concurrent_executions(
+    template: dict[str, Any], transformed: dict[str, Any]
+) -> None:
+    # Reserved concurrency must leave 10 unreserved in such an account: none may be reserved.
+    d = defaults(template)
+    assert d["ManifestReservedConcurrency"] == 0
+    manifest = transformed["Resources"]["ManifestFunction"]["Properties"]["ReservedConcurrentExecutions"]
+    assert manifest["Fn::If"][0] == "ReserveManifestConcurrency"
+    reserve = transformed["Conditions"]["ReserveManifestConcurrency"]  # false at 0: the property is left out
+    assert reserve == {"Fn::Not": [{"Fn::Equals": [{"Ref": "ManifestReservedConcurrency"}, 0]}]}
+    for name, resource in transformed["Resources"].items():
+        if resource["Type"] == "AWS::Lambda::Function" and name != "ManifestFunction":
+            assert "ReservedConcurrentExecutions" not in resource["Properties"], name
+    # The worker's MaximumConcurrency caps it without reserving; it leaves room for manifests.
+    assert d["WorkerMaxConcurrency"] <= 10 / 2
 
 
 # --- packaging ------------------------------------------------------------------------------------------

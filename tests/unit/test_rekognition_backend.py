@@ -1,13 +1,18 @@
 """The Rekognition adapter, through the real botocore client against the wire-level stand-in."""
 
 import io
+import time
+from typing import Any
 
 import pytest
 from PIL import Image
 
-from labeler.adapters.labels.rekognition import RekognitionBackend, build_client
-from labeler.models.errors import LabelingFailed, Throttled
+from labeler.adapters.labels.rekognition import RekognitionBackend, RetryPolicy, build_client
+from labeler.adapters.ratelimit import LocalSlots, SlotLimiter
+from labeler.models.errors import LabelingFailed, OutOfTime, Throttled
 from tests.support.fake_rekognition import SAMPLE_LABELS, FakeRekognition
+
+NO_WAIT = RetryPolicy(max_attempts=4)  # with rng=lambda: 0.0 below: retries without backoff sleeps
 
 
 def jpeg(width: int = 160, height: int = 120) -> bytes:
@@ -16,10 +21,13 @@ def jpeg(width: int = 160, height: int = 120) -> bytes:
     return buffer.getvalue()
 
 
+def quick(client: Any = None, limiter: SlotLimiter | None = None, **options: Any) -> RekognitionBackend:
+    return RekognitionBackend(client or build_client(), limiter, retry=NO_WAIT, rng=lambda: 0.0, **options)
+
+
 @pytest.fixture
 def backend(fake_rekognition: FakeRekognition) -> RekognitionBackend:
-    # botocore retries once itself (adaptive mode); our outer rounds are shortened for the test.
-    return RekognitionBackend(build_client(max_attempts=2), throttle_rounds=2, throttle_base_delay=0.01)
+    return quick()
 
 
 def test_labels_come_back_unchanged_with_the_model_version(
@@ -39,26 +47,122 @@ def test_settings_are_sent(backend: RekognitionBackend, fake_rekognition: FakeRe
 
 
 def test_a_burst_of_throttling_is_outlasted(backend: RekognitionBackend, fake_rekognition: FakeRekognition) -> None:
-    # More throttles than botocore's own attempts (2): the slow outer rounds take over.
     fake_rekognition.state.fail_next(
         "ThrottlingException", "ProvisionedThroughputExceededException", "ThrottlingException"
     )
     result = backend.detect_labels(jpeg(), min_confidence=55, max_labels=50)
     assert result.labels
     assert fake_rekognition.state.successful_calls == 1
+    assert fake_rekognition.state.calls == 4  # botocore itself retried nothing
 
 
 def test_throttling_that_never_ends_is_reported_as_throttled(
     backend: RekognitionBackend, fake_rekognition: FakeRekognition
 ) -> None:
     fake_rekognition.state.fail_next(*(["ThrottlingException"] * 50))
-    # No botocore retries (adaptive mode would also slow the client down): only our outer rounds.
-    backend = RekognitionBackend(
-        build_client(max_attempts=1, retry_mode="standard"), throttle_rounds=2, throttle_base_delay=0.01
-    )
     with pytest.raises(Throttled) as raised:
         backend.detect_labels(jpeg(), min_confidence=55, max_labels=50)
     assert raised.value.details["aws_code"] == "ThrottlingException"
+    assert fake_rekognition.state.calls == NO_WAIT.max_attempts
+
+
+def test_every_attempt_takes_a_slot_of_the_limiter(fake_rekognition: FakeRekognition) -> None:
+    limiter = SlotLimiter(LocalSlots(1000))
+    backend = quick(limiter=limiter)
+    fake_rekognition.state.fail_next("ThrottlingException", "InternalServerError", "ThrottlingException")
+    backend.detect_labels(jpeg(), min_confidence=55, max_labels=50)
+    backend.detect_labels(jpeg(), min_confidence=55, max_labels=50)
+    assert fake_rekognition.state.calls == 5 == limiter.stats.slots_used
+
+
+def test_connection_errors_are_retried_through_the_limiter(fake_rekognition: FakeRekognition) -> None:
+    from botocore.exceptions import ConnectionClosedError
+
+    client = build_client()
+    limiter = SlotLimiter(LocalSlots(1000))
+    backend = quick(client, limiter)
+    broken = iter([True, True])
+
+    def drop(**_: Any) -> None:  # after the limiter's own hook: the connection breaks while sending
+        if next(broken, False):
+            raise ConnectionClosedError(endpoint_url=fake_rekognition.endpoint_url)
+
+    client.meta.events.register("before-send.rekognition.DetectLabels", drop)
+    assert backend.detect_labels(jpeg(), min_confidence=55, max_labels=50).labels
+    assert limiter.stats.slots_used == 3 and fake_rekognition.state.calls == 1
+
+
+def test_a_service_that_stays_unreachable_is_a_label_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    import socket
+
+    with socket.socket() as closed:  # a port nobody listens on
+        closed.bind(("127.0.0.1", 0))
+        port = closed.getsockname()[1]
+    monkeypatch.setenv("AWS_ENDPOINT_URL_REKOGNITION", f"http://127.0.0.1:{port}")
+    with pytest.raises(LabelingFailed) as raised:
+        quick().detect_labels(jpeg(), min_confidence=55, max_labels=50)
+    assert raised.value.details["aws_code"] == "EndpointConnectionError"
+
+
+def test_the_default_retry_budget_is_generous() -> None:
+    policy = RetryPolicy()
+    waits = [policy.backoff(retry, rng=lambda: 1.0) for retry in range(1, policy.max_attempts)]
+    assert policy.max_attempts >= 12
+    assert sum(waits) / 2 >= 20  # about half a minute of throttling is outlasted on average
+    assert max(waits) == policy.max_delay
+
+
+# --- the deadline -----------------------------------------------------------------------------------------
+def test_no_attempt_starts_without_the_time_to_finish(fake_rekognition: FakeRekognition) -> None:
+    limiter = SlotLimiter(LocalSlots(1000))
+    backend = quick(limiter=limiter)
+    with pytest.raises(OutOfTime):
+        backend.detect_labels(jpeg(), min_confidence=55, max_labels=50, deadline=time.monotonic() + 0.5)
+    assert fake_rekognition.state.calls == 0 and limiter.stats.slots_leased == 0
+
+
+def test_no_slot_is_taken_that_comes_after_the_deadline(fake_rekognition: FakeRekognition) -> None:
+    limiter = SlotLimiter(LocalSlots(0.1), min_lease=1)  # one slot every 10 s
+    backend = quick(limiter=limiter)
+    backend.detect_labels(jpeg(), min_confidence=55, max_labels=50)
+    with pytest.raises(OutOfTime):
+        backend.detect_labels(jpeg(), min_confidence=55, max_labels=50, deadline=time.monotonic() + 5)
+    assert fake_rekognition.state.calls == 1
+
+
+def test_the_read_timeout_is_cut_to_the_time_left(fake_rekognition: FakeRekognition) -> None:
+    built: list[float] = []
+
+    def short_client(read_timeout: float) -> Any:
+        built.append(read_timeout)
+        return build_client(read_timeout=read_timeout)
+
+    fake_rekognition.state.latency_seconds = 1.0  # slower than the read timeout that fits
+    # The stand-in answers after the client gave up: an error, so that late answer never counts as
+    # a success in the next test's stand-in state.
+    fake_rekognition.state.fail_next("InternalServerError")
+    backend = quick(client_factory=short_client)
+    with pytest.raises(OutOfTime):
+        backend.detect_labels(jpeg(), min_confidence=55, max_labels=50, deadline=time.monotonic() + 1.5)
+    # the attempt that started had a read timeout that fits the 1.5 s left; its timeout left no
+    # time for another one
+    assert built == [0.5]
+    assert fake_rekognition.state.calls == 1
+
+
+def test_a_deadline_far_away_uses_the_ordinary_client(fake_rekognition: FakeRekognition) -> None:
+    built: list[float] = []
+    backend = quick(client_factory=lambda timeout: built.append(timeout))
+    backend.detect_labels(jpeg(), min_confidence=55, max_labels=50, deadline=time.monotonic() + 300)
+    assert built == []
+
+
+def test_throttling_near_the_deadline_leaves_the_entry_for_the_retry(fake_rekognition: FakeRekognition) -> None:
+    fake_rekognition.state.fail_next(*(["ThrottlingException"] * 5))
+    backend = RekognitionBackend(build_client(), retry=RetryPolicy(base_delay=5.0), rng=lambda: 1.0)
+    with pytest.raises(OutOfTime):  # not Throttled: no record, the entry is done again by the retry
+        backend.detect_labels(jpeg(), min_confidence=55, max_labels=50, deadline=time.monotonic() + 4)
+    assert fake_rekognition.state.calls == 1
 
 
 @pytest.mark.parametrize(

@@ -9,7 +9,10 @@ def test_defaults_match_the_documented_contract() -> None:
     assert settings.max_labels == 50
     assert settings.max_image_bytes == 15 * 1024 * 1024
     assert settings.download_timeout_seconds == 10
-    assert settings.max_workers == 8
+    assert settings.max_workers == 32
+    assert settings.batch_size == 50
+    assert settings.rekognition_max_tps == 50
+    assert settings.worker_max_concurrency == 5
     assert settings.allow_private_networks is False
     assert settings.label_backend == "rekognition"
     assert settings.inline_max_images == 100
@@ -33,6 +36,8 @@ def test_values_are_parsed_by_type() -> None:
         {"OUTPUT_BUCKET": "r", "MAX_LABELS": "1001"},
         {"OUTPUT_BUCKET": "r", "ALLOW_PRIVATE_NETWORKS": "maybe"},
         {"OUTPUT_BUCKET": "r", "LABEL_BACKEND": "clip"},
+        {"OUTPUT_BUCKET": "r", "REKOGNITION_MAX_TPS": "0"},
+        {"OUTPUT_BUCKET": "r", "WORKER_MAX_CONCURRENCY": "0"},
     ],
 )
 def test_bad_configuration_is_refused_with_the_variable_named(env: dict[str, str]) -> None:

@@ -13,7 +13,6 @@ from typing import TYPE_CHECKING, Any
 from labeler.adapters.fetch import FetchPolicy, ImageFetcher
 from labeler.adapters.labels import get_backend
 from labeler.adapters.labels.base import LabelBackend
-from labeler.adapters.ratelimit import TokenBucket
 from labeler.adapters.store import S3Store, build_s3_client
 from labeler.handlers.idempotency import OncePerDelivery
 from labeler.logic.cache import LabelCache
@@ -34,9 +33,15 @@ _once: OncePerDelivery | None = None
 def build_backend(settings: Settings) -> LabelBackend:
     if settings.label_backend == "rekognition":
         from labeler.adapters.labels.rekognition import build_client
+        from labeler.adapters.quota_table import build_limiter
 
-        share = max(1, settings.rekognition_tps_share)
-        limiter = TokenBucket(rate_per_second=settings.rekognition_max_tps / share)
+        # One quota for the whole stack (STATE_TABLE); while the table fails, a pace at which a full
+        # fan-out plus one inline manifest stay within it.
+        limiter = build_limiter(
+            settings.rekognition_max_tps,
+            settings.state_table,
+            concurrent_invocations=settings.worker_max_concurrency + 1,
+        )
         return get_backend("rekognition", client=build_client(max(10, settings.max_workers * 2)), limiter=limiter)
     return get_backend(settings.label_backend)
 

@@ -1,7 +1,7 @@
 """Typed configuration, parsed once from the environment and validated.
 
 >>> Settings.from_env({"OUTPUT_BUCKET": "my-results"}).max_workers
-8
+32
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ class Settings:
     max_labels: int = 50
     max_image_bytes: int = 15 * MIB
     download_timeout_seconds: float = 10.0
-    max_workers: int = 8
+    max_workers: int = 32
     allow_private_networks: bool = False
     label_backend: str = "rekognition"
     max_redirects: int = 5
@@ -47,11 +47,14 @@ class Settings:
     max_manifest_bytes: int = 1024 * MIB
     max_manifest_entries: int = 1_000_000
     inline_max_images: int = 100
-    batch_size: int = 25
+    batch_size: int = 50
     work_queue_url: str = ""
-    # The account's DetectLabels TPS quota, shared by this many concurrent containers.
+    # The account's DetectLabels TPS quota in this region: one limiter in STATE_TABLE shares it among
+    # every invocation (without a table, this process alone paces itself to it).
     rekognition_max_tps: float = 50.0
-    rekognition_tps_share: int = 1
+    # The stack's most concurrent workers (template: WorkerMaxConcurrency). Only used while the shared
+    # limiter's table fails: each invocation then paces itself to REKOGNITION_MAX_TPS / (this + 1).
+    worker_max_concurrency: int = 5
     # Stop starting new images when fewer than this many ms remain before the Lambda timeout.
     deadline_margin_ms: int = 15_000
     # DynamoDB table for fan-out progress and Powertools idempotency (template: StateTable).
@@ -116,7 +119,7 @@ class Settings:
             (self.inline_max_images >= 0, "INLINE_MAX_IMAGES must not be negative"),
             (1 <= self.batch_size <= 1000, "BATCH_SIZE must be between 1 and 1000"),
             (self.rekognition_max_tps > 0, "REKOGNITION_MAX_TPS must be positive"),
-            (self.rekognition_tps_share >= 1, "REKOGNITION_TPS_SHARE must be at least 1"),
+            (self.worker_max_concurrency >= 1, "WORKER_MAX_CONCURRENCY must be at least 1"),
         ]
         for ok, message in checks:
             if not ok:

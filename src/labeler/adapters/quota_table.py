@@ -1,0 +1,154 @@
+"""One DetectLabels quota shared by every invocation of the stack, kept in the state table (DynamoDB).
+
+The table holds one item per quota with ``tat``: the instant (µs since the epoch) of the next free
+slot, GCRA's "theoretical arrival time". Slots are ``interval`` apart on one timeline shared by
+every process, so the calls of all processes together are evenly spaced at the quota, whoever
+makes them. A lease of ``k`` slots is one atomic ``UpdateItem`` that moves ``tat`` on by
+``k × interval`` and returns the new value, so the slots it got are known without a read:
+
+* busy (``tat`` is now or later): ``ADD tat :span`` if ``tat >= :now`` → slots ``[tat_old, tat_new)``;
+* idle (``tat`` in the past or absent): ``SET tat = :now + :lead + :span`` if it is still behind →
+  slots from ``now + lead``, where the lead is twice the last request's round trip (the answer must
+  arrive before the first slot). Idle time is never saved up, so a start is never a burst.
+
+A lease knows it is busy when ``tat`` as last seen is still ahead (it never moves backwards);
+otherwise it guesses from its previous lease. A wrong guess costs one conditional request more
+(``ConditionalCheckFailed``), never two.
+
+>>> slots = TableSlots(client_factory, "my-state-table", quota_tps=50)  # doctest: +SKIP
+>>> SlotLimiter(slots, fallback=LocalSlots(50 / 6)).acquire()           # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+from labeler.adapters.ratelimit import Lease, LocalSlots, SlotLimiter, slot_interval
+
+QUOTA_KEY = "quota#rekognition:DetectLabels"
+# Refreshed by every lease: the item disappears (table TTL) only after a day without one.
+ITEM_TTL_SECONDS = 24 * 3600
+
+
+def build_table_client() -> Any:
+    """A DynamoDB client for leases: a slow or failing table means the local pace at once, not waiting.
+
+    No retries: a failed lease falls back to the local pace and the table is tried again a few
+    seconds later; and a lease is not idempotent (a retried ``ADD`` whose first answer was lost
+    would book its slots twice).
+    """
+    import boto3
+    from botocore.config import Config
+
+    config = Config(
+        connect_timeout=1,
+        read_timeout=1,
+        retries={"mode": "standard", "total_max_attempts": 1},
+        max_pool_connections=2,
+    )
+    return boto3.client("dynamodb", config=config)
+
+
+class TableSlots:
+    """Slots of one quota on the state table's shared timeline (see the module docstring)."""
+
+    def __init__(
+        self,
+        client_factory: Callable[[], Any],
+        table_name: str,
+        quota_tps: float,
+        *,
+        key: str = QUOTA_KEY,
+        min_lead: float = 0.02,
+        max_lead: float = 0.25,
+        wall: Callable[[], float] = time.time,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        # whole microseconds, rounded up: the spacing never drops below the quota's
+        self._interval_us = math.ceil(slot_interval(quota_tps) * 1_000_000)
+        self.interval = self._interval_us / 1_000_000
+        self._client_factory = client_factory
+        self._client: Any = None
+        self._table = table_name
+        self._key = {"id": {"S": key}}
+        self._min_lead, self._max_lead = min_lead, max_lead
+        self._round_trip = 0.05  # until measured: the first request also opens the connection
+        self._wall = wall
+        self._clock = clock
+        self._idle_guess = True
+        self._seen_tat_us = 0  # tat as last seen by this process (it only moves forwards)
+        self._lock = threading.Lock()
+        self.requests = 0  # UpdateItem requests sent (the cost bound counts them)
+
+    def lease(self, count: int) -> Lease:
+        with self._lock:
+            if self._client is None:  # built on first use: a run answered from the cache never needs it
+                self._client = self._client_factory()
+            now_mono, now_us = self._clock(), round(self._wall() * 1_000_000)
+            span = count * self._interval_us
+            idle = self._idle_guess and now_us >= self._seen_tat_us
+            steps = [self._resume, self._extend] if idle else [self._extend, self._resume, self._extend]
+            for step in steps:
+                sent = self._clock()
+                tat = step(now_us, span)
+                self._round_trip = self._clock() - sent
+                if tat is not None:
+                    resumed = step == self._resume
+                    self._idle_guess = resumed
+                    self._seen_tat_us = tat
+                    first = now_mono + (tat - span - now_us) / 1_000_000
+                    return Lease(first, count, self.interval, resumed)
+            raise RuntimeError("the quota item changed under every conditional lease")  # tat never moves back
+
+    def _update(self, expression: str, condition: str, values: dict[str, Any]) -> int | None:
+        """One conditional ``UpdateItem``; the new ``tat``, or None when the condition failed."""
+        self.requests += 1
+        values[":expiration"] = {"N": str(round(self._wall()) + ITEM_TTL_SECONDS)}
+        try:
+            response = self._client.update_item(
+                TableName=self._table,
+                Key=self._key,
+                UpdateExpression=expression,
+                ConditionExpression=condition,
+                ExpressionAttributeValues=values,
+                ReturnValues="UPDATED_NEW",
+            )
+        except self._client.exceptions.ConditionalCheckFailedException:
+            return None
+        return int(response["Attributes"]["tat"]["N"])
+
+    def _extend(self, now_us: int, span: int) -> int | None:
+        """Busy: the next ``span`` after the slots already booked."""
+        return self._update(
+            "ADD tat :span SET expiration = :expiration",
+            "tat >= :now",
+            {":span": {"N": str(span)}, ":now": {"N": str(now_us)}},
+        )
+
+    def _resume(self, now_us: int, span: int) -> int | None:
+        """Idle: restart the timeline at now plus the lead, never from the past."""
+        # the first slot must come after the answer does: twice the last round trip, within bounds
+        lead_us = round(min(self._max_lead, max(self._min_lead, 2 * self._round_trip)) * 1_000_000)
+        return self._update(
+            "SET tat = :start, expiration = :expiration",
+            "attribute_not_exists(tat) OR tat < :now",
+            {":start": {"N": str(now_us + lead_us + span)}, ":now": {"N": str(now_us)}},
+        )
+
+
+def build_limiter(quota_tps: float, table_name: str = "", concurrent_invocations: int = 1) -> SlotLimiter:
+    """The DetectLabels limiter of one process.
+
+    With ``table_name``: the stack-wide quota in that table, falling back while the table fails to
+    ``quota_tps / concurrent_invocations``, the pace at which that many invocations together stay
+    within the quota. Without a table (local runs, tests): this process alone, at the full quota.
+    """
+    if not table_name:
+        return SlotLimiter(LocalSlots(1.0 / slot_interval(quota_tps)))
+    shared = TableSlots(build_table_client, table_name, quota_tps)
+    fallback = LocalSlots(1.0 / slot_interval(quota_tps / max(1, concurrent_invocations)))
+    return SlotLimiter(shared, fallback=fallback)

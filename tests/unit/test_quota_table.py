@@ -1,0 +1,179 @@
+"""The stack-wide quota in DynamoDB (moto server on loopback), on injected clocks."""
+
+from __future__ import annotations
+
+import itertools
+from typing import Any
+
+import pytest
+
+from labeler.adapters.quota_table import QUOTA_KEY, TableSlots, build_limiter, build_table_client
+from labeler.adapters.ratelimit import LocalSlots, SlotLimiter, slot_interval
+from labeler.local.embedded_aws import EmbeddedAws
+from tests.support.sqs_driver import create_state_table
+
+EPOCH = 1_800_000_000.0  # the wall clock at FakeClock 0
+_tables = itertools.count()
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+    def wall(self) -> float:
+        return EPOCH + self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.now += seconds
+
+
+class CountingClients:
+    """The limiter's own DynamoDB clients (on the embedded endpoint), counting the UpdateItem requests sent."""
+
+    def __init__(self) -> None:
+        self.update_items = 0
+
+    def __call__(self) -> Any:
+        client = build_table_client()
+        client.meta.events.register("before-send.dynamodb.UpdateItem", self._count)
+        return client
+
+    def _count(self, **_: Any) -> None:
+        self.update_items += 1
+
+
+@pytest.fixture
+def table(embedded_aws: EmbeddedAws) -> str:
+    return create_state_table(embedded_aws.client("dynamodb"), f"quota-{next(_tables)}")
+
+
+@pytest.fixture
+def clients(embedded_aws: EmbeddedAws) -> CountingClients:
+    return CountingClients()
+
+
+def slots_of(clock: FakeClock, clients: Any, table: str, quota: float = 50.0) -> TableSlots:
+    return TableSlots(clients, table, quota, wall=clock.wall, clock=clock)
+
+
+def with_fallback(slots: TableSlots, clock: FakeClock, warnings: list[str], rate: float) -> SlotLimiter:
+    """A limiter on ``slots`` that falls back to ``rate`` calls/s, its warnings kept in ``warnings``."""
+    fallback = LocalSlots(rate, clock=clock)
+    return SlotLimiter(slots, fallback=fallback, clock=clock, sleep=clock.sleep, warn=warnings.append)
+
+
+def test_leases_continue_one_timeline_one_request_each(clients: CountingClients, table: str) -> None:
+    clock = FakeClock()
+    slots = slots_of(clock, clients, table)
+    first = slots.lease(5)
+    assert first.resumed
+    # now plus the lead: twice the round trip (0.05 s expected for a first request, which opens the
+    # connection), so the answer arrives before the first slot
+    assert first.first == pytest.approx(0.1)
+    assert slots.interval == pytest.approx(slot_interval(50), abs=1e-6)
+    second = slots.lease(3)
+    assert not second.resumed
+    assert second.first == pytest.approx(first.first + 5 * slots.interval)
+    assert clients.update_items == 2  # one UpdateItem per lease, no read
+
+
+def test_processes_sharing_the_table_never_get_the_same_or_bunched_slots(clients: CountingClients, table: str) -> None:
+    clock = FakeClock()
+    processes = [slots_of(clock, clients, table) for _ in range(3)]
+    moments: list[float] = []
+    for round_ in range(4):
+        for number, process in enumerate(processes):
+            moments += process.lease(2 + number + round_).slots()
+        clock.now += 0.05
+    moments.sort()
+    gaps = [b - a for a, b in itertools.pairwise(moments)]
+    interval = processes[0].interval
+    assert min(gaps) == pytest.approx(interval) and max(gaps) == pytest.approx(interval)
+    assert moments[0] >= 0.0
+    # each process guessed "idle" once at first (one wrong guess: two requests), then one request per lease
+    assert clients.update_items == 12 + 2
+
+
+def test_an_idle_timeline_restarts_now_not_in_the_past(clients: CountingClients, table: str) -> None:
+    clock = FakeClock()
+    slots = slots_of(clock, clients, table)
+    slots.lease(5)
+    slots.lease(5)  # busy now: the next lease guesses "extend"
+    clock.now = 3600.0
+    lease = slots.lease(5)
+    assert lease.resumed and lease.first == pytest.approx(
+        3600.02
+    )  # the minimum lead (the fake clock's round trips take 0 s)
+    assert clients.update_items == 4  # the wrong guess cost one conditional request
+
+
+def test_the_item_expires_by_the_table_ttl_a_day_after_its_last_lease(
+    embedded_aws: EmbeddedAws, clients: CountingClients, table: str
+) -> None:
+    clock = FakeClock()
+    slots_of(clock, clients, table).lease(1)
+    item = embedded_aws.client("dynamodb").get_item(TableName=table, Key={"id": {"S": QUOTA_KEY}})["Item"]
+    assert int(item["expiration"]["N"]) == round(EPOCH) + 24 * 3600
+    assert int(item["tat"]["N"]) == round((EPOCH + 0.1) * 1_000_000) + slots_of(clock, clients, table)._interval_us
+
+
+def test_a_limiter_on_the_table_costs_one_request_per_five_calls_when_alone(
+    clients: CountingClients, table: str
+) -> None:
+    clock = FakeClock()
+    limiter = SlotLimiter(slots_of(clock, clients, table), clock=clock, sleep=clock.sleep)
+    for _ in range(50):
+        limiter.acquire()
+    assert clients.update_items == 10
+    assert clock.now == pytest.approx(0.1 + 49 * slot_interval(50), abs=1e-4)  # evenly spaced, no burst
+
+
+def test_a_missing_table_means_the_local_pace_logged_once(embedded_aws: EmbeddedAws, clients: CountingClients) -> None:
+    clock = FakeClock()
+    name = f"quota-later-{next(_tables)}"
+    warnings: list[str] = []
+    limiter = with_fallback(slots_of(clock, clients, name), clock, warnings, rate=10)
+    for _ in range(20):
+        limiter.acquire()
+    assert limiter.stats.fallback_leases > 0 and limiter.stats.leases == 0
+    assert len(warnings) == 1 and "ResourceNotFoundException" in warnings[0]
+
+    create_state_table(embedded_aws.client("dynamodb"), name)  # the table is back
+    clock.now += 60.0
+    limiter.acquire()
+    assert limiter.stats.leases == 1
+    assert len(warnings) == 1
+
+
+def test_a_slow_table_means_the_local_pace(clients: CountingClients, table: str) -> None:
+    from botocore.exceptions import ReadTimeoutError
+
+    def slow_clients() -> Any:
+        client = clients()
+
+        def time_out(**_: Any) -> None:
+            raise ReadTimeoutError(endpoint_url="http://127.0.0.1")  # what a read timeout of 1 s raises
+
+        client.meta.events.register("before-send.dynamodb.UpdateItem", time_out)
+        return client
+
+    clock = FakeClock()
+    warnings: list[str] = []
+    limiter = with_fallback(slots_of(clock, slow_clients, table), clock, warnings, rate=5)
+    for _ in range(10):
+        limiter.acquire()
+    assert limiter.stats.slots_used == 10
+    assert limiter.stats.table_failures == 1 and len(warnings) == 1 and "ReadTimeoutError" in warnings[0]
+
+
+def test_build_limiter_shares_the_quota_only_through_a_table() -> None:
+    alone = build_limiter(50.0)
+    assert isinstance(alone.source, LocalSlots) and alone.fallback is None
+    assert alone.source.interval == pytest.approx(slot_interval(50))
+    shared = build_limiter(50.0, "state-table", concurrent_invocations=6)
+    assert isinstance(shared.source, TableSlots)
+    assert shared.source.interval == pytest.approx(slot_interval(50), abs=1e-6)
+    assert shared.fallback is not None and shared.fallback.interval == pytest.approx(slot_interval(50 / 6))
