@@ -88,34 +88,6 @@ def port_is_free(port: int) -> bool:
     return True
 
 
-def lambda_runtime_variables(function_name: str, timeout_s: int, memory_mb: int, task_root: Path) -> dict[str, str]:
-    """What the Lambda service sets for every python3.12 function (credentials are dummies: nothing reaches AWS)."""
-    return {
-        "AWS_LAMBDA_FUNCTION_NAME": function_name,
-        "AWS_LAMBDA_FUNCTION_VERSION": "$LATEST",
-        "AWS_LAMBDA_FUNCTION_MEMORY_SIZE": str(memory_mb),
-        "AWS_LAMBDA_FUNCTION_TIMEOUT": str(timeout_s),
-        "AWS_LAMBDA_LOG_GROUP_NAME": f"/aws/lambda/{function_name}",
-        "AWS_LAMBDA_LOG_STREAM_NAME": "local-invoke",
-        "AWS_EXECUTION_ENV": "AWS_Lambda_python3.12",
-        "AWS_REGION": REGION,
-        "AWS_DEFAULT_REGION": REGION,
-        "AWS_ACCESS_KEY_ID": "local",
-        "AWS_SECRET_ACCESS_KEY": "local",
-        "AWS_SESSION_TOKEN": "local",
-        "AWS_EC2_METADATA_DISABLED": "true",
-        "LAMBDA_TASK_ROOT": str(task_root),
-        "LAMBDA_RUNTIME_DIR": str(task_root),
-        "PYTHONPATH": str(task_root),  # /var/task comes first on a Lambda's sys.path
-        "TZ": ":UTC",
-        "LANG": "en_US.UTF-8",
-        # `Tracing: Active` makes Powertools' Tracer record X-Ray subsegments, which need the trace id Lambda
-        # passes with each invocation. The emulator passes none (its tracer is a no-op; checked), so the X-Ray
-        # SDK would discard every subsegment with a warning: off here, and only here.
-        "AWS_XRAY_SDK_ENABLED": "false",
-    }
-
-
 @dataclass
 class Emulator:
     """The Runtime Interface Emulator running ``python -m awslambdaric <handler>`` in a build directory."""
@@ -392,9 +364,10 @@ def local_invoke(function: str, event_path: Path, *, label_latency_s: float = 0.
             queue_url, queue_arn = resources.ref(mapping["queue"]), resources.attribute(mapping["queue"], "Arn")
             event, messages = stage_sqs_event(aws, photos, event, queue_url, queue_arn)
         log_path = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="local-invoke-"))) / "emulator.log"
-        environment = function_env.variables | lambda_runtime_variables(
-            config.function_name, config.timeout_seconds, config.memory_mb, build_dir
-        )
+        # `Tracing: Active` makes Powertools' Tracer record X-Ray subsegments, which need the trace id Lambda
+        # passes with each invocation. The emulator passes none (its tracer is a no-op; checked), so the X-Ray
+        # SDK would discard every subsegment with a warning: off here, and only here.
+        environment = function_env.variables | config.runtime_variables(build_dir) | {"AWS_XRAY_SDK_ENABLED": "false"}
         emulator = Emulator(rie, RIC_PYTHON, build_dir, config.handler, environment, log_path)
         stack.callback(emulator.stop)
         started = time.perf_counter()

@@ -13,17 +13,7 @@ import pytest
 
 from labeler.local.embedded_aws import EmbeddedAws
 from tests.support.stack_standins import StackStandIns
-from tests.support.template_env import Template, TemplateError, deployed_environment
-
-
-class Names:
-    """A ResourceLookup that names every resource after itself (no endpoint needed)."""
-
-    def ref(self, logical_id: str) -> str:
-        return f"ref-of-{logical_id}"
-
-    def attribute(self, logical_id: str, name: str) -> str:
-        return f"{name.lower()}-of-{logical_id}"
+from tests.support.template_env import Placeholders, Template, TemplateError, deployed_environment
 
 
 def synthetic(globals_env: dict[str, Any], function_env: dict[str, Any], **extra: Any) -> Template:
@@ -73,15 +63,15 @@ def test_the_function_s_own_variables_win_over_globals_and_every_intrinsic_is_re
             "ENABLED": True,
         },
     )
-    config = template.function("Fn", Names())
+    config = template.function("Fn", Placeholders())
 
     assert config.environment == {
         "WORKERS": "8",
         "SHARED": "mine",
         "RATIO": "0.5",
-        "QUEUE": "ref-of-Queue",
-        "QUEUE_ARN": "arn-of-Queue",
-        "NAME": "s3-image-labeler-us-east-1-arn-of-Queue-${Literal}",
+        "QUEUE": "<Queue>",
+        "QUEUE_ARN": "<Queue.Arn>",
+        "NAME": "s3-image-labeler-us-east-1-<Queue.Arn>-${Literal}",
         "CHOSEN": "on-branch",
         "BATCH": "25",
         "JOINED": "a/on/3",
@@ -106,7 +96,7 @@ def test_the_function_s_own_variables_win_over_globals_and_every_intrinsic_is_re
 )
 def test_what_cannot_be_resolved_fails_naming_the_variable(value: Any, message: str) -> None:
     template = synthetic({}, {"BROKEN": value})
-    lookup: Any = Names() if "stand-in" not in message else StackStandIns(template, lambda _: None, prefix="t")
+    lookup: Any = StackStandIns(template, lambda _: None, prefix="t") if "stand-in" in message else Placeholders()
     with pytest.raises(TemplateError, match=message) as caught:
         template.function("Fn", lookup)
     if "stand-in" not in message:
@@ -118,19 +108,19 @@ def test_the_real_template_resolves_to_its_parameter_defaults(template: dict[str
     defaults = {name: spec.get("Default") for name, spec in template["Parameters"].items()}
     declared = template["Globals"]["Function"]["Environment"]["Variables"]
     for function in ("ManifestFunction", "WorkerFunction"):
-        config = reader.function(function, Names())
+        config = reader.function(function, Placeholders())
         assert set(declared) <= set(config.environment)
         for name, raw in declared.items():
             if isinstance(raw, dict) and raw.get("Ref") in defaults:
                 assert config.environment[name] == str(defaults[raw["Ref"]]), name
             elif isinstance(raw, dict) and raw.get("Ref") in template["Resources"]:
-                assert config.environment[name] == f"ref-of-{raw['Ref']}", name
+                assert config.environment[name] == f"<{raw['Ref']}>", name
             elif not isinstance(raw, dict):
                 assert config.environment[name] == (str(raw).lower() if isinstance(raw, bool) else str(raw)), name
-    worker = reader.function("WorkerFunction", Names())
+    worker = reader.function("WorkerFunction", Placeholders())
     worker_timeout = template["Resources"]["WorkerFunction"]["Properties"]["Timeout"]["Ref"]
     assert worker.timeout_seconds == int(defaults[worker_timeout])
-    mapping = reader.event_source_mapping("WorkerFunction", Names())
+    mapping = reader.event_source_mapping("WorkerFunction", Placeholders())
     assert mapping["queue"] == "WorkQueue"
     assert mapping["batch_size"] >= 1 and mapping["maximum_concurrency"] >= 2
     assert reader.s3_event_buckets("ManifestFunction") == ["InputBucket"]
@@ -157,7 +147,7 @@ def test_stand_ins_are_created_as_the_template_declares_them(embedded_aws: Embed
 
 def test_only_what_a_harness_must_change_is_not_a_diagnostic() -> None:
     config = synthetic({"ALLOW_PRIVATE_NETWORKS": "false", "REKOGNITION_MAX_TPS": 50, "MAX_WORKERS": 8}, {}).function(
-        "Fn", Names()
+        "Fn", Placeholders()
     )
     as_deployed = deployed_environment(config, endpoints={"S3": "http://127.0.0.1:1"}, rekognition_max_tps=25)
     assert as_deployed.as_deployed

@@ -59,6 +59,16 @@ class ResourceLookup(Protocol):
     def attribute(self, logical_id: str, name: str) -> str: ...
 
 
+class Placeholders:
+    """A :class:`ResourceLookup` that creates nothing: ``<WorkQueue>``, ``<WorkQueue.Arn>`` (for showing a template)."""
+
+    def ref(self, logical_id: str) -> str:
+        return f"<{logical_id}>"
+
+    def attribute(self, logical_id: str, name: str) -> str:
+        return f"<{logical_id}.{name}>"
+
+
 @dataclass(frozen=True)
 class FunctionConfig:
     """One ``AWS::Serverless::Function`` as deployed with the template's defaults."""
@@ -73,6 +83,29 @@ class FunctionConfig:
     @property
     def function_name(self) -> str:
         return f"{STACK_NAME}-{self.logical_id}"
+
+    def runtime_variables(self, task_root: Path) -> dict[str, str]:
+        """What the Lambda service sets for the function's runtime (credentials are dummies: nothing reaches AWS)."""
+        return {
+            "AWS_LAMBDA_FUNCTION_NAME": self.function_name,
+            "AWS_LAMBDA_FUNCTION_VERSION": "$LATEST",
+            "AWS_LAMBDA_FUNCTION_MEMORY_SIZE": str(self.memory_mb),
+            "AWS_LAMBDA_FUNCTION_TIMEOUT": str(self.timeout_seconds),
+            "AWS_LAMBDA_LOG_GROUP_NAME": f"/aws/lambda/{self.function_name}",
+            "AWS_LAMBDA_LOG_STREAM_NAME": "local",
+            "AWS_EXECUTION_ENV": f"AWS_Lambda_{self.runtime}",
+            "AWS_REGION": REGION,
+            "AWS_DEFAULT_REGION": REGION,
+            "AWS_ACCESS_KEY_ID": "local",
+            "AWS_SECRET_ACCESS_KEY": "local",
+            "AWS_SESSION_TOKEN": "local",
+            "AWS_EC2_METADATA_DISABLED": "true",
+            "LAMBDA_TASK_ROOT": str(task_root),
+            "LAMBDA_RUNTIME_DIR": str(task_root),
+            "PYTHONPATH": str(task_root),  # /var/task comes first on a Lambda's sys.path
+            "TZ": ":UTC",
+            "LANG": "en_US.UTF-8",
+        }
 
 
 @dataclass(frozen=True)
