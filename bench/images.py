@@ -170,6 +170,7 @@ class TaggedRoute:
         handler.send_response(200)
         handler.send_header("Content-Type", self.content_type)
         handler.send_header("Content-Length", str(len(body)))
+        handler.send_header("Connection", "close")  # the server closes after a handler route: no client may reuse it
         handler.end_headers()
         handler.wfile.write(body)
 

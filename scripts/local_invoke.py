@@ -59,6 +59,10 @@ from tests.support.template_env import REGION, Template, TemplateError, deployed
 INVOKE_PATH = "/2015-03-31/functions/function/invocations"
 RIE_GLOB = ".venv-sam/lib/python3.*/site-packages/samcli/local/rapid/aws-lambda-rie-x86_64"
 RIC_PYTHON = ROOT / ".venv-ric" / "bin" / "python"
+# `Tracing: Active` makes Powertools' Tracer record X-Ray subsegments, which need the trace id Lambda passes
+# with each invocation. The emulator passes none (its tracer is a no-op; checked), so the X-Ray SDK would
+# discard every subsegment with a warning: off under the emulator, and only there.
+EMULATOR_ONLY = {"AWS_XRAY_SDK_ENABLED": "false"}
 
 
 class Missing(RuntimeError):
@@ -287,6 +291,37 @@ def check_sqs_run(event: dict[str, Any], answer: Any, records: list[dict[str, An
     return problems
 
 
+def delete_finished(sqs: Any, queue_url: str, messages: list[dict[str, Any]], status: int, answer: Any) -> int:
+    """What the event source mapping does after an invocation: delete every message not reported failed
+    (none when the invocation itself failed: then the whole batch comes back)."""
+    if function_error(status, answer):
+        return 0
+    reported = answer.get("batchItemFailures", []) if isinstance(answer, dict) else []
+    failed = {item.get("itemIdentifier") for item in reported}
+    finished = [message for message in messages if message["MessageId"] not in failed]
+    for message in finished:
+        sqs.delete_message(QueueUrl=queue_url, ReceiptHandle=message["ReceiptHandle"])
+    return len(finished)
+
+
+def check_run(
+    kind: str,
+    event: dict[str, Any],
+    status: int,
+    answer: Any,
+    records: list[dict[str, Any]],
+    reports: list[dict[str, Any]],
+) -> list[str]:
+    """Everything wrong with the invocation and what it wrote (empty: all as expected)."""
+    error = function_error(status, answer)
+    problems = [f"the function failed: {error}"] if error else []
+    if kind == "s3":
+        problems += check_s3_run(event, records, reports)
+    elif kind == "sqs" and not error:
+        problems += check_sqs_run(event, answer, records)
+    return problems
+
+
 def summary_line(record: dict[str, Any]) -> str:
     if "labels" in record:
         labels = " · ".join(f"{label['Name']} {label['Confidence']:.0f}" for label in record["labels"][:3])
@@ -364,10 +399,7 @@ def local_invoke(function: str, event_path: Path, *, label_latency_s: float = 0.
             queue_url, queue_arn = resources.ref(mapping["queue"]), resources.attribute(mapping["queue"], "Arn")
             event, messages = stage_sqs_event(aws, photos, event, queue_url, queue_arn)
         log_path = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="local-invoke-"))) / "emulator.log"
-        # `Tracing: Active` makes Powertools' Tracer record X-Ray subsegments, which need the trace id Lambda
-        # passes with each invocation. The emulator passes none (its tracer is a no-op; checked), so the X-Ray
-        # SDK would discard every subsegment with a warning: off here, and only here.
-        environment = function_env.variables | config.runtime_variables(build_dir) | {"AWS_XRAY_SDK_ENABLED": "false"}
+        environment = function_env.variables | config.runtime_variables(build_dir) | EMULATOR_ONLY
         emulator = Emulator(rie, RIC_PYTHON, build_dir, config.handler, environment, log_path)
         stack.callback(emulator.stop)
         started = time.perf_counter()
@@ -378,21 +410,8 @@ def local_invoke(function: str, event_path: Path, *, label_latency_s: float = 0.
         s3 = aws.client("s3")
         records = read_objects(s3, output_bucket, "results/")
         reports = read_objects(s3, output_bucket, "reports/")
-        deleted = None
-        if kind == "sqs":  # as the event source mapping does: delete what the function did not report failed
-            failed = {item.get("itemIdentifier") for item in (answer or {}).get("batchItemFailures", [])}
-            done = [m for m in messages if m["MessageId"] not in failed] if not function_error(status, answer) else []
-            for message in done:
-                aws.client("sqs").delete_message(QueueUrl=queue_url, ReceiptHandle=message["ReceiptHandle"])
-            deleted = len(done)
-        problems = []
-        error = function_error(status, answer)
-        if error:
-            problems.append(f"the function failed: {error}")
-        if kind == "s3":
-            problems += check_s3_run(event, records, reports)
-        elif kind == "sqs":
-            problems += check_sqs_run(event, answer, records)
+        deleted = delete_finished(aws.client("sqs"), queue_url, messages, status, answer) if kind == "sqs" else None
+        problems = check_run(kind, event, status, answer, records, reports)
         return {
             "function": function,
             "handler": config.handler,
@@ -403,7 +422,7 @@ def local_invoke(function: str, event_path: Path, *, label_latency_s: float = 0.
             f"(runtime API 127.0.0.1:{emulator.runtime_api_port}), {RIC_PYTHON.relative_to(ROOT)} -m awslambdaric",
             "emulator_pid": emulator.pid,
             "ports": [emulator.invoke_port, emulator.runtime_api_port],
-            "environment": function_env.describe(),
+            "environment": function_env.describe() | {"emulator_only": EMULATOR_ONLY},
             "stand_ins": resources.describe(),
             "status": status,
             "response": answer,
