@@ -106,7 +106,7 @@ def bench_memory(si: StandIns, *, worker_images: int, label_s: float, variant_im
         "ManifestFunction (inline)": inline_run["peak_rss_mb"],
         "WorkerFunction (every batch)": worker["peak_rss_mb"],
     }
-    variants = _variants(si, mix, variant_images, quota, label_s) if variant_images else []
+    variants = _variants(si, mix, variant_images, quota, label_s, inline) if variant_images else []
     return {
         "peak_rss_mb": metric(
             max(peaks.values()),
@@ -147,7 +147,7 @@ def bench_memory(si: StandIns, *, worker_images: int, label_s: float, variant_im
     }
 
 
-def _variants(si: StandIns, mix: list[Any], n: int, quota: float, label_s: float) -> list[dict[str, Any]]:
+def _variants(si: StandIns, mix: list[Any], n: int, quota: float, label_s: float, inline: int) -> list[dict[str, Any]]:
     """Where the memory goes (``--memory-variants N``): the inline run on ``n`` entries, one change at a time."""
     setups: dict[str, tuple[dict[str, str], dict[str, Any]]] = {
         "as measured (the mix), inline": ({}, {}),
@@ -168,7 +168,7 @@ def _variants(si: StandIns, mix: list[Any], n: int, quota: float, label_s: float
             _entries(si, images, n, "v"),
             "manifests/variant.json",
             quota=quota,
-            diagnostic={"INLINE_MAX_IMAGES": str(n), **overrides},
+            diagnostic={**({"INLINE_MAX_IMAGES": str(n)} if n > inline else {}), **overrides},
             spec=spec,
         )
         found.append(

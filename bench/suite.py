@@ -173,7 +173,7 @@ def print_table(metrics: Metrics) -> None:
         ok = "yes" if item["meets_target"] else "NO"
         print(f"{name:<32} {value:>12.4g} {target:>10} {ok:>4} {baseline:>12.4g}  {ratio}")
         for extra in item.get("diagnostics", []):
-            overrides = " ".join(f"{key}={val}" for key, val in extra["overrides"].items())
+            overrides = " ".join(f"{key}={val}" for key, val in extra["overrides"].items()) or "input only"
             print(f"{'':<4}diagnostic ({overrides}): {extra['name']} = {extra['value']:.4g} {extra['unit']}")
     missed = [name for name, item in metrics.items() if "error" not in item and not item["meets_target"]]
     if missed:
