@@ -138,7 +138,7 @@ def markdown(results: dict[str, Any]) -> str:
         unit = item.get("unit", "")
         target = (
             f"{item['comparison']} {item['target']:.0%}"
-            if unit == "fraction of quota"
+            if unit.startswith("fraction")
             else f"{item['comparison'].replace('==', '=')} {_number(item['target'])}"
         )
         met = "✓" if item["meets_target"] else "✗"
