@@ -17,6 +17,7 @@ help:
 	@echo "make demo   - run the labeler locally on real photos (embedded S3, offline model, HTML gallery)"
 	@echo "make test   - lint and run every test (unit, integration, infrastructure)"
 	@echo "make bench  - run the benchmarks, write bench/results.json"
+	@echo "make local-invoke FUNCTION=ManifestFunction|WorkerFunction EVENT=events/... - the built function under the Lambda emulator"
 	@echo "make validate / checkov / build - template checks and sam build (see mk/infra.mk)"
 
 $(STAMP): requirements.txt requirements-dev.txt requirements-local.txt pyproject.toml
@@ -35,7 +36,8 @@ format: $(STAMP)
 	$(PY) -m ruff format src tests bench scripts
 	$(PY) -m ruff check --fix src tests bench scripts
 
-test: lint model browser
+# local-invoke-ready (mk/local-invoke.mk): the built package and .venv-ric, for tests/infrastructure/test_local_invoke.py
+test: lint model browser local-invoke-ready
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 unit: $(STAMP) model browser
@@ -44,7 +46,7 @@ unit: $(STAMP) model browser
 integration: $(STAMP) model browser
 	$(PY) -m pytest tests/integration $(PYTEST_ARGS)
 
-infra: $(STAMP)
+infra: $(STAMP) local-invoke-ready
 	$(PY) -m pytest tests/infrastructure $(PYTEST_ARGS)
 
 demo: $(STAMP) model

@@ -3,6 +3,9 @@
 Tasks:
   product   the Lambda handler (``labeler.handlers.manifest_created.handler``) on one S3 event,
             configured by the environment exactly as the template configures the function
+            (``go_file``: build the clients, then wait for it: several "containers" start at once)
+  worker    a WorkerFunction container: ``labeler.handlers.work_batch.handler`` driven from the SQS
+            work queue as Lambda's event source mapping drives it, until ``stop_file`` appears
   baseline  the original article's one-by-one loop (``bench/baseline.py``) on the same entries
   idle      an interpreter that imported the handler and did nothing else (RSS baseline)
   local     the offline backend (``LocalLabelBackend``) end to end on real photos
@@ -123,39 +126,128 @@ class StubBackend:
         return LabelResult(labels=[label], model_version=self.model_version, backend=self.name)
 
 
-def task_product(spec: dict[str, Any]) -> dict[str, Any]:
-    from tests.conftest import FakeLambdaContext
+def _context(spec: dict[str, Any]) -> Any:
+    """A Lambda context whose remaining time counts down from the function's timeout (template.yaml)."""
+    from labeler.local.runner import LocalLambdaContext
 
-    from labeler.handlers import composition, manifest_created
+    return LocalLambdaContext(
+        function_name=spec.get("function_name", "s3-image-labeler-ManifestFunction"),
+        timeout_seconds=float(spec.get("timeout_s", 900)),
+        memory_limit_in_mb=int(spec.get("memory_mb", 1769)),
+    )
+
+
+def _build_services() -> float:
+    """What a cold start builds once per container (clients, backend); returns the seconds it took."""
+    from labeler.handlers import composition
 
     composition.reset_services()
     started = time.perf_counter()
-    services = composition.get_services()  # what a cold start builds once per container (clients, backend)
+    composition.get_services()
+    return time.perf_counter() - started
+
+
+def _barrier(spec: dict[str, Any]) -> float:
+    """Several containers start together: say this one is ready (``ready_file``), then wait for ``go_file``,
+    which the parent makes once every container is ready. Returns the seconds waited."""
+    if not spec.get("go_file"):
+        return 0.0
+    started = time.perf_counter()
+    with open(spec["ready_file"], "w", encoding="ascii") as ready:
+        ready.write(str(os.getpid()))
+    while not os.path.exists(spec["go_file"]):
+        time.sleep(0.002)
+    return time.perf_counter() - started
+
+
+def task_product(spec: dict[str, Any]) -> dict[str, Any]:
+    from labeler.handlers import composition, manifest_created
+
+    init_s = _build_services()
+    services = composition.get_services()
     if spec.get("stub_backend"):  # diagnostics only: labels without botocore serialising the image
         services = dataclasses.replace(services, backend=StubBackend())
         composition.reset_services(services)
-    built = time.perf_counter()
     s3_calls: Counter[str] = Counter()
 
     def count(event_name: str, **_: Any) -> None:
         s3_calls[event_name.rsplit(".", 1)[-1]] += 1  # one per API call (retries not included)
 
     services.store.client.meta.events.register("before-call.s3.*", count)  # type: ignore[attr-defined]
+    waited_s = _barrier(spec)
     cpu_before = cpu_seconds()
     sampler = _StackSampler(os.environ["BENCH_SAMPLE"]) if os.environ.get("BENCH_SAMPLE") else None
     if sampler:  # diagnostics: where the worker threads' CPU goes (BENCH_SAMPLE=path.json)
         sampler.start()
-    response = manifest_created.handler(spec["event"], FakeLambdaContext())
+    started_at, started = time.time(), time.perf_counter()
+    response = manifest_created.handler(spec["event"], _context(spec))
+    finished = time.perf_counter()
     if sampler:
         sampler.stop()
-    finished = time.perf_counter()
-    cpu_s = cpu_seconds() - cpu_before
     return {
-        "init_s": built - started,
-        "handler_s": finished - built,
-        "handler_cpu_s": cpu_s,
+        "init_s": init_s,
+        "handler_s": finished - started,
+        "handler_cpu_s": cpu_seconds() - cpu_before,
+        "started_at": started_at,
+        "finished_at": started_at + (finished - started),
+        "waited_at_barrier_s": waited_s,
         "response": response,
         "s3_calls": dict(s3_calls),
+    }
+
+
+def task_worker(spec: dict[str, Any]) -> dict[str, Any]:
+    """One WorkerFunction container fed by the work queue, as Lambda's SQS event source mapping feeds it.
+
+    Receive up to the mapping's ``batch_size`` messages (long poll), call the handler with the SQS event
+    Lambda would build, delete what it did not report in ``batchItemFailures``; a failed message is made
+    visible again at once (the queue's visibility timeout would stall a benchmark) and counted.
+    """
+    import boto3
+    from tests.support.sqs_driver import sqs_event
+
+    from labeler.handlers import work_batch
+
+    init_s = _build_services()
+    sqs = boto3.client("sqs")
+    stop_file = spec["stop_file"]
+    deadline = time.monotonic() + float(spec.get("max_seconds", 600))
+    invocations = messages_done = redelivered = 0
+    handler_s = 0.0
+    while not os.path.exists(stop_file) and time.monotonic() < deadline:
+        answer = sqs.receive_message(
+            QueueUrl=spec["queue_url"],
+            MaxNumberOfMessages=int(spec.get("batch_size", 1)),
+            AttributeNames=["All"],
+            WaitTimeSeconds=1,
+        )
+        messages = answer.get("Messages", [])
+        if not messages:
+            continue
+        started = time.perf_counter()
+        try:
+            result = work_batch.handler(sqs_event(messages, spec["queue_arn"]), _context(spec))
+            failed = {item["itemIdentifier"] for item in result.get("batchItemFailures", [])}
+        except Exception:  # every record failed: Lambda retries the whole batch
+            failed = {message["MessageId"] for message in messages}
+        handler_s += time.perf_counter() - started
+        invocations += 1
+        for message in messages:
+            if message["MessageId"] in failed:
+                redelivered += 1
+                sqs.change_message_visibility(
+                    QueueUrl=spec["queue_url"], ReceiptHandle=message["ReceiptHandle"], VisibilityTimeout=0
+                )
+            else:
+                messages_done += 1
+                sqs.delete_message(QueueUrl=spec["queue_url"], ReceiptHandle=message["ReceiptHandle"])
+    return {
+        "init_s": init_s,
+        "invocations": invocations,
+        "messages_done": messages_done,
+        "messages_failed": redelivered,
+        "handler_s": handler_s,
+        "stopped_by": "stop file" if os.path.exists(stop_file) else "max_seconds",
     }
 
 
@@ -264,6 +356,7 @@ def task_parse(spec: dict[str, Any]) -> dict[str, Any]:
 
 TASKS: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = {
     "product": task_product,
+    "worker": task_worker,
     "baseline": task_baseline,
     "idle": task_idle,
     "local": task_local,

@@ -10,7 +10,11 @@
 * **Image hosts**: ``labeler.local.http_server.LoopbackServer`` in the orchestrating process.
 
 The code under test (the handler, the baseline loop) always runs in a separate child process
-(``bench.child``), pointed at these endpoints through ``AWS_ENDPOINT_URL_*``.
+(``bench.child``), pointed at these endpoints through ``AWS_ENDPOINT_URL_*``, with the environment
+template.yaml gives the function (``tests/support/template_env.py``): :meth:`StandIns.new_stack`
+stands in the stack's resources (buckets, queues, table) as the template declares them, and
+:meth:`StandIns.function_env` resolves the function's variables to their defaults, adding only what
+a harness must change.
 """
 
 from __future__ import annotations
@@ -90,23 +94,17 @@ def _serve_moto_until_stdin_closes() -> None:
 
 
 def child_base_env() -> dict[str, str]:
-    """The environment of every child: the parent's, minus anything that could reach real AWS."""
+    """The environment of every child: the parent's, minus anything that could reach real AWS or configure
+    the function (every setting the product reads: a developer's ``MAX_WORKERS`` must not leak into a run)."""
+    from dataclasses import fields
+
+    from labeler.models.settings import Settings
+
+    settings = {spec.name.upper() for spec in fields(Settings)}
     env = {
         name: value
         for name, value in os.environ.items()
-        if not name.startswith(("AWS_", "POWERTOOLS_", "LAMBDA_"))
-        and name
-        not in {
-            "OUTPUT_BUCKET",
-            "MAX_WORKERS",
-            "LABEL_BACKEND",
-            "LABEL_CACHE",
-            "INLINE_MAX_IMAGES",
-            "ALLOW_PRIVATE_NETWORKS",
-            "WORK_QUEUE_URL",
-            "STATE_TABLE",
-            "REKOGNITION_MAX_TPS",
-        }
+        if not name.startswith(("AWS_", "POWERTOOLS_", "LAMBDA_", "_X_AMZN")) and name not in settings
     }
     env.update(
         {
@@ -119,6 +117,11 @@ def child_base_env() -> dict[str, str]:
         }
     )
     return env
+
+
+def function_child_env(function_env: Any) -> dict[str, str]:
+    """A child's environment for running the function: the base above plus the function's variables."""
+    return child_base_env() | function_env.variables
 
 
 class TimedRekognition:
@@ -148,10 +151,20 @@ class TimedRekognition:
     def state(self) -> Any:
         return self.fake.state
 
-    def reset(self, latency_seconds: float = 0.0) -> None:
+    def reset(self, latency_seconds: float = 0.0, quota_tps: float | None = None) -> None:
+        """A fresh count; ``quota_tps``: the account quota the stand-in enforces (None: none)."""
         self.fake.state.reset()
         self.fake.state.latency_seconds = latency_seconds
+        self.fake.state.quota_tps = quota_tps
         self.arrivals.clear()
+
+    @property
+    def quota_tps(self) -> float | None:
+        return self.fake.state.quota_tps  # type: ignore[no-any-return]
+
+    @property
+    def throttled(self) -> int:
+        return int(self.fake.state.throttled)
 
     @property
     def successful_calls(self) -> int:
@@ -171,12 +184,15 @@ class StandIns:
     _numbers = itertools.count()
 
     def __init__(self) -> None:
+        from tests.support.template_env import Template
+
         from labeler.local.http_server import LoopbackServer
 
         self.moto = MotoProcess()
         self.rekognition = TimedRekognition()
         self.site = LoopbackServer()
-        self._s3: Any = None
+        self.template = Template.load()
+        self._clients: dict[str, Any] = {}
 
     def start(self) -> StandIns:
         self.moto.start()
@@ -197,30 +213,65 @@ class StandIns:
     def __exit__(self, *exc: object) -> None:
         self.stop()
 
-    @property
-    def s3(self) -> Any:
-        if self._s3 is None:
+    def client(self, service: str) -> Any:
+        """A boto3 client for the moto process (``s3``, ``sqs``, ``dynamodb``), made once."""
+        if service not in self._clients:
             import boto3
             from botocore.config import Config
 
-            self._s3 = boto3.client(
-                "s3",
+            self._clients[service] = boto3.client(
+                service,
                 endpoint_url=self.moto.endpoint_url,
                 region_name=REGION,
                 aws_access_key_id=DUMMY_KEY,
                 aws_secret_access_key=DUMMY_KEY,
                 config=Config(max_pool_connections=32),
             )
-        return self._s3
+        return self._clients[service]
+
+    @property
+    def s3(self) -> Any:
+        return self.client("s3")
+
+    # --- the stack, as the template declares it ------------------------------------------------------
+    def new_stack(self, name: str) -> Any:
+        """Fresh stand-ins for the stack's resources (created when the template first names them): new
+        buckets, hence an empty label cache; a new work queue and state table."""
+        from tests.support.stack_standins import StackStandIns
+
+        prefix = f"b{os.getpid() % 10000}-{next(self._numbers)}-{name}"[:31].rstrip("-")
+        return StackStandIns(self.template, self.client, prefix=prefix)
+
+    def function(self, stack: Any, function: str) -> Any:
+        """The function's ``FunctionConfig`` (handler, timeout, memory, environment) with ``stack``'s resources."""
+        return self.template.function(function, stack)
+
+    def function_env(self, stack: Any, function: str, *, quota: float, diagnostic: dict[str, str] | None = None) -> Any:
+        """The function's ``FunctionEnvironment``: the template's, pointed at the stand-ins, told the quota."""
+        from tests.support.template_env import deployed_environment
+
+        return deployed_environment(
+            self.function(stack, function),
+            endpoints=self.aws_endpoints(),
+            rekognition_max_tps=quota,
+            diagnostic=diagnostic,
+        )
+
+    def input_bucket(self, stack: Any) -> str:
+        """The bucket whose uploads trigger ManifestFunction (its S3 event source in the template)."""
+        return str(stack.ref(self.template.s3_event_buckets("ManifestFunction")[0]))
+
+    def aws_endpoints(self) -> dict[str, str]:
+        return {
+            "S3": self.moto.endpoint_url,
+            "SQS": self.moto.endpoint_url,
+            "DYNAMODB": self.moto.endpoint_url,
+            "REKOGNITION": self.rekognition.endpoint_url,
+        }
 
     def aws_env(self) -> dict[str, str]:
-        """What points boto3 (handler and baseline alike) at the stand-ins."""
-        return {
-            "AWS_ENDPOINT_URL_S3": self.moto.endpoint_url,
-            "AWS_ENDPOINT_URL_SQS": self.moto.endpoint_url,
-            "AWS_ENDPOINT_URL_DYNAMODB": self.moto.endpoint_url,
-            "AWS_ENDPOINT_URL_REKOGNITION": self.rekognition.endpoint_url,
-        }
+        """What points boto3 (the baseline loops) at the stand-ins."""
+        return {f"AWS_ENDPOINT_URL_{service}": url for service, url in self.aws_endpoints().items()}
 
     def new_bucket(self, kind: str) -> str:
         name = f"bench-{kind}-{os.getpid()}-{next(self._numbers)}"
