@@ -126,6 +126,11 @@ class Cost:
 
 def describe_tiers() -> str:
     """The tiers in one line, as the docs and the CLI print them."""
+    return "DetectLabels per image per month: " + tier_list()
+
+
+def tier_list() -> str:
+    """``first 1 M $0.001, next 4 M $0.0008, ...``"""
     parts = []
     for tier in DETECT_LABELS_TIERS:
         price = f"${tier.usd_per_call.normalize():f}"
@@ -135,7 +140,7 @@ def describe_tiers() -> str:
             parts.append(f"over {_millions(tier.starts_after)} {price}")
         else:
             parts.append(f"next {_millions(tier.up_to - tier.starts_after)} {price}")
-    return "DetectLabels per image per month: " + ", ".join(parts)
+    return ", ".join(parts)
 
 
 def _millions(calls: int | None) -> str:
