@@ -517,6 +517,10 @@ def build_parser() -> argparse.ArgumentParser:
     results.add_argument("--json", action="store_true", help="print the report and records as JSON")
     results.set_defaults(func=cmd_results)
 
+    from labeler.local.estimate import add_estimate_command  # the command's code lives in its own module
+
+    add_estimate_command(commands, common)
+
     gallery = commands.add_parser(
         "gallery",
         parents=[common],
@@ -555,10 +559,6 @@ def build_parser() -> argparse.ArgumentParser:
     )
     invoke.add_argument("--json", action="store_true", help="print the response, reports and records as JSON")
     invoke.set_defaults(func=cmd_invoke)
-
-    from labeler.local.estimate import add_estimate_command  # the command lives in its own module
-
-    add_estimate_command(commands, common)
     return parser
 
 

@@ -40,6 +40,8 @@ class ErrorCode(StrEnum):
     # labeling
     LABEL_ERROR = "label_error"
     THROTTLED = "throttled"
+    # the run's DetectLabels cap was reached before this entry could be labeled
+    OVER_BUDGET = "over_budget"
     # anything unexpected while processing one entry
     INTERNAL_ERROR = "internal_error"
     # whole manifest
@@ -50,8 +52,6 @@ class ErrorCode(StrEnum):
     MANIFEST_EMPTY = "manifest_empty"
     # a work batch that could not be processed (dead-lettered)
     BATCH_FAILED = "batch_failed"
-    # the run's DetectLabels cap was reached before this entry could be labeled
-    OVER_BUDGET = "over_budget"
 
 
 class LabelerError(Exception):
@@ -157,6 +157,14 @@ class Throttled(LabelerError):
     code = ErrorCode.THROTTLED
 
 
+class OverBudget(LabelerError):
+    """The run reached its DetectLabels cap (``MAX_LABEL_CALLS_PER_MANIFEST`` or the manifest's own
+    ``max_label_calls``): this entry needed a call and none was made. A re-upload with a higher cap
+    labels it; entries already labeled then come from the cache."""
+
+    code = ErrorCode.OVER_BUDGET
+
+
 class InternalError(LabelerError):
     code = ErrorCode.INTERNAL_ERROR
 
@@ -197,11 +205,3 @@ class OutOfTime(RuntimeError):
     Not a :class:`LabelerError`: no record is written for the entry; it is left unfinished and the
     retry (Lambda's, or SQS's redelivery) does it.
     """
-
-
-class OverBudget(LabelerError):
-    """The run reached its DetectLabels cap (``MAX_LABEL_CALLS_PER_MANIFEST`` or the manifest's own
-    ``max_label_calls``): this entry needed a call and none was made. A re-upload with a higher cap
-    labels it; entries already labeled then come from the cache."""
-
-    code = ErrorCode.OVER_BUDGET
