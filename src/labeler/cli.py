@@ -6,6 +6,7 @@
     s3-image-labeler results manifests/my-images.json --input-bucket IN --output-bucket OUT [--json]
     s3-image-labeler gallery s3://IN/manifests/my-images.json --output-bucket OUT -o gallery.html
     s3-image-labeler invoke events/s3-put-manifest.json --embedded
+    s3-image-labeler estimate my-images.json --stack s3-image-labeler
 
 Bucket names come from ``--input-bucket``/``--output-bucket``, else the stack's outputs
 (``--stack NAME``: ``InputBucketName``, ``OutputBucketName``), else ``INPUT_BUCKET``/``OUTPUT_BUCKET``.
@@ -517,6 +518,10 @@ def build_parser() -> argparse.ArgumentParser:
     add_bucket_options(results)
     results.add_argument("--json", action="store_true", help="print the report and records as JSON")
     results.set_defaults(func=cmd_results)
+
+    from labeler.local.estimate import add_estimate_command  # the command's code lives in its own module
+
+    add_estimate_command(commands, common)
 
     gallery = commands.add_parser(
         "gallery",

@@ -17,3 +17,21 @@ logger = Logger(service=SERVICE)
 # library it knows (sqlite3, http.client, ...), which costs cold-start time and traces nothing we use.
 tracer = Tracer(service=SERVICE, patch_modules=("botocore",))
 metrics = Metrics(service=SERVICE, namespace=os.environ.get("POWERTOOLS_METRICS_NAMESPACE", "S3ImageLabeler"))
+
+# The cost metrics (docs/cost.md). The template's DetectLabelsCallsAlarm watches DetectLabelsCalls with this
+# module's namespace and its one dimension, service: a metric published with another dimension set is
+# another metric to CloudWatch, and the alarm would not see it.
+DETECT_LABELS_CALLS = "DetectLabelsCalls"
+DETECT_LABELS_SAVED = "DetectLabelsSaved"
+
+
+def publish_label_calls(*, calls: int, saved: int) -> None:
+    """Publish the DetectLabels calls an invocation made and the calls it saved (cache hits, 304s).
+
+    Called once per invocation by whichever function labeled (ManifestFunction inline, WorkerFunction per
+    batch), so the sums over any period count every call once.
+    """
+    from aws_lambda_powertools.metrics import MetricUnit
+
+    metrics.add_metric(name=DETECT_LABELS_CALLS, unit=MetricUnit.Count, value=calls)
+    metrics.add_metric(name=DETECT_LABELS_SAVED, unit=MetricUnit.Count, value=saved)

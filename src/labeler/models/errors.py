@@ -42,6 +42,8 @@ class ErrorCode(StrEnum):
     # labeling
     LABEL_ERROR = "label_error"
     THROTTLED = "throttled"
+    # the run's DetectLabels cap was reached before this entry could be labeled
+    OVER_BUDGET = "over_budget"
     # anything unexpected while processing one entry
     INTERNAL_ERROR = "internal_error"
     # whole manifest
@@ -157,6 +159,14 @@ class Throttled(LabelerError):
     """Throttling persisted after every retry; the entry is recorded, never silently dropped."""
 
     code = ErrorCode.THROTTLED
+
+
+class OverBudget(LabelerError):
+    """The run reached its DetectLabels cap (``MAX_LABEL_CALLS_PER_MANIFEST`` or the manifest's own
+    ``max_label_calls``): this entry needed a call and none was made. A re-upload with a higher cap
+    labels it; entries already labeled then come from the cache."""
+
+    code = ErrorCode.OVER_BUDGET
 
 
 class InternalError(LabelerError):
