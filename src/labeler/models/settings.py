@@ -52,12 +52,14 @@ class Settings:
     # The account's DetectLabels TPS quota, shared by this many concurrent containers.
     rekognition_max_tps: float = 50.0
     rekognition_tps_share: int = 1
-    # Stop starting new images when fewer than this many ms remain before the Lambda timeout.
-    deadline_margin_ms: int = 15_000
     # DynamoDB table for fan-out progress and Powertools idempotency (template: StateTable).
     state_table: str = ""
-    # Deliveries of a work batch before it is given up on (the queue's maxReceiveCount).
-    max_receive_count: int = 3
+    # How long a delivery's in-progress record outlives a killed invocation (a heartbeat renews it
+    # while the work runs): Lambda's async retries come about 1 and 3 minutes after a failure.
+    idempotency_lease_seconds: float = 45.0
+    # Deliveries of a work batch (the queue's maxReceiveCount): the last one labels nothing, it
+    # records what is unfinished as batch_failed, so the default 4 gives 3 labeling attempts.
+    max_receive_count: int = 4
     dead_letter_queue_url: str = ""
     label_cache: bool = True
 
@@ -110,6 +112,8 @@ class Settings:
             (1 <= self.batch_size <= 1000, "BATCH_SIZE must be between 1 and 1000"),
             (self.rekognition_max_tps > 0, "REKOGNITION_MAX_TPS must be positive"),
             (self.rekognition_tps_share >= 1, "REKOGNITION_TPS_SHARE must be at least 1"),
+            (self.idempotency_lease_seconds > 0, "IDEMPOTENCY_LEASE_SECONDS must be positive"),
+            (self.max_receive_count >= 2, "MAX_RECEIVE_COUNT must be at least 2 (the last delivery labels nothing)"),
         ]
         for ok, message in checks:
             if not ok:
