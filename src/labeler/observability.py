@@ -7,8 +7,10 @@ Service name and metrics namespace come from POWERTOOLS_SERVICE_NAME / POWERTOOL
 from __future__ import annotations
 
 import os
+from typing import Any
 
 from aws_lambda_powertools import Logger, Metrics, Tracer
+from aws_lambda_powertools.metrics import MetricUnit
 
 SERVICE = os.environ.get("POWERTOOLS_SERVICE_NAME", "s3-image-labeler")
 
@@ -17,3 +19,14 @@ logger = Logger(service=SERVICE)
 # library it knows (sqlite3, http.client, ...), which costs cold-start time and traces nothing we use.
 tracer = Tracer(service=SERVICE, patch_modules=("botocore",))
 metrics = Metrics(service=SERVICE, namespace=os.environ.get("POWERTOOLS_METRICS_NAMESPACE", "S3ImageLabeler"))
+
+
+def publish_entry_metrics(tally: Any) -> None:
+    """ImagesSucceeded / ImagesFailed / LabelsFromCache for the entries this invocation finished itself.
+
+    Whichever function labeled an entry counts it, once: entries found done (a retry) are not in
+    ``tally`` (``labeler.logic.pipeline.InvocationTally``).
+    """
+    metrics.add_metric(name="ImagesSucceeded", unit=MetricUnit.Count, value=tally.succeeded)
+    metrics.add_metric(name="ImagesFailed", unit=MetricUnit.Count, value=tally.failed)
+    metrics.add_metric(name="LabelsFromCache", unit=MetricUnit.Count, value=tally.labels_from_cache)

@@ -58,7 +58,8 @@ def test_a_large_manifest_fans_out_and_the_report_completes_once(
 
     assert response["manifests"][0]["status"] == "in_progress"
     in_progress = buckets.report()
-    assert in_progress["mode"] == "fanout" and in_progress["batches"]["count"] == 5  # 9 entries / 2
+    # 11 entries / 2: rejected entries travel in the batches too (the worker writes their records)
+    assert in_progress["mode"] == "fanout" and in_progress["batches"]["count"] == 6
 
     sqs = buckets.aws.client("sqs")
     drain(sqs, queue, work_batch.handler, lambda_context, batch_size=2)
@@ -67,7 +68,7 @@ def test_a_large_manifest_fans_out_and_the_report_completes_once(
     assert report["status"] == "complete"
     assert (report["total"], report["succeeded"], report["failed"]) == (11, 9, 2)
     assert report["errors_by_code"] == {"duplicate_id": 1, "invalid_entry": 1}
-    assert report["batches"] == {"count": 5, "done": 5}
+    assert report["batches"] == {"count": 6, "done": 6}
     assert len(buckets.records()) == 11
     assert fake_rekognition.state.successful_calls == 1  # nine URLs, identical bytes: one paid call
 
@@ -103,10 +104,10 @@ def test_a_poison_batch_ends_in_the_dead_letter_queue_and_the_report_counts_it_f
     queue, dlq = fanout_env
     real_process = fanout.process_entries
 
-    def poisoned(services: Any, manifest: Any, entries: Any, deadline: Any = None, **options: Any) -> Any:
+    def poisoned(services: Any, manifest: Any, entries: Any, *args: Any, **options: Any) -> Any:
         if any(entry.image_id == "img-002" for entry in entries):
             raise RuntimeError("this batch always crashes the worker")
-        return real_process(services, manifest, entries, deadline, **options)
+        return real_process(services, manifest, entries, *args, **options)
 
     monkeypatch.setattr(fanout, "process_entries", poisoned)
     manifest_created.handler(buckets.put_manifest("poison.json", manifest_of(site, 6)), lambda_context)

@@ -196,6 +196,24 @@ def entry_key(manifest: ManifestRef, item: EntryItem) -> str:
     return result_key(manifest, item.image_id, duplicate_index, generated=not item.id_given)
 
 
+def results_prefix(manifest: ManifestRef) -> str:
+    """The prefix of every record of ``manifest``: ``results/<slug>/``.
+
+    >>> results_prefix(ManifestRef("in", "a.json"))
+    'results/in/a.json~a7dec169ee2be8dd/'
+    """
+    return f"{RESULTS_PREFIX}{manifest_slug(manifest.bucket, manifest.key)}/"
+
+
+def run_key(manifest: ManifestRef) -> str:
+    """Identifies one run: the manifest object and the upload of it that triggered the run.
+
+    >>> run_key(ManifestRef("in", "a.json", version_id="v1"))
+    'in/a.json~a7dec169ee2be8dd#v1'
+    """
+    return f"{manifest_slug(manifest.bucket, manifest.key)}#{manifest.run_id or '-'}"
+
+
 def report_key(manifest: ManifestRef) -> str:
     """The key of the report of ``manifest``: ``reports/<slug>.json``.
 
