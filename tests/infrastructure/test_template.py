@@ -359,7 +359,9 @@ def test_redrive_and_visibility(template: dict[str, Any]) -> None:
         "deadLetterTargetArn": {"Fn::GetAtt": ["WorkDeadLetterQueue", "Arn"]},
         "maxReceiveCount": {"Ref": "MaxReceiveCount"},
     }
-    assert template["Parameters"]["MaxReceiveCount"]["Default"] == 3
+    # 3 labeling attempts + the clean-up delivery that labels nothing; one attempt at least.
+    assert template["Parameters"]["MaxReceiveCount"]["Default"] == 4
+    assert template["Parameters"]["MaxReceiveCount"]["MinValue"] == 2
     assert function_env(template, "WorkerFunction")["MAX_RECEIVE_COUNT"] == {"Ref": "MaxReceiveCount"}
     # Visibility timeout >= 6 x the worker's timeout (AWS guidance for SQS event sources), for every choice.
     assert work["VisibilityTimeout"] == {
@@ -475,7 +477,7 @@ def test_parsed_settings_from_template_defaults_validate(template: dict[str, Any
             value = f"resolved-{name.lower()}"
         env[name] = str(value)
     settings = Settings.from_env(env)
-    assert settings.rekognition_tps_share == 10 and settings.max_receive_count == 3
+    assert settings.rekognition_tps_share == 10 and settings.max_receive_count == 4
 
 
 def test_rekognition_share_default_lets_a_full_fan_out_use_the_whole_quota(template: dict[str, Any]) -> None:
