@@ -2,44 +2,16 @@
 
 from __future__ import annotations
 
-import itertools
 import json
 from typing import Any
 
 import pytest
 
 from labeler.handlers import manifest_created, work_batch
-from labeler.handlers.composition import reset_services
-from tests.conftest import Buckets, FakeLambdaContext
+from tests.conftest import Buckets, FakeLambdaContext, manifest_of
 from tests.support.fake_rekognition import FakeRekognition
 from tests.support.site import Site
-from tests.support.sqs_driver import QueueInfo, create_state_table, create_work_queues, drain
-
-_names = itertools.count()
-
-
-@pytest.fixture
-def fanout_env(
-    lambda_env: dict[str, str], buckets: Buckets, monkeypatch: pytest.MonkeyPatch
-) -> tuple[QueueInfo, QueueInfo]:
-    number = next(_names)
-    sqs = buckets.aws.client("sqs")
-    queue, dlq = create_work_queues(sqs, f"work-{number}")
-    table = create_state_table(buckets.aws.client("dynamodb"), f"state-{number}")
-    for name, value in {
-        "WORK_QUEUE_URL": queue.url,
-        "DEAD_LETTER_QUEUE_URL": dlq.url,
-        "STATE_TABLE": table,
-        "INLINE_MAX_IMAGES": "3",
-        "BATCH_SIZE": "2",
-    }.items():
-        monkeypatch.setenv(name, value)
-    reset_services()
-    return queue, dlq
-
-
-def manifest_of(site: Site, count: int) -> list[dict[str, str]]:
-    return [{"id": f"img-{n:03d}", "url": site.url(f"/photo.jpg?n={n}")} for n in range(count)]
+from tests.support.sqs_driver import QueueInfo, drain
 
 
 def test_a_large_manifest_fans_out_and_the_report_completes_once(

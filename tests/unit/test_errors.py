@@ -7,6 +7,7 @@ import doctest
 from labeler.models import errors as errors_module
 from labeler.models.errors import ErrorCode, LabelerError
 
+
 def test_error_records_round_trip_through_a_work_batch() -> None:
     # Rejected entries travel in work batches; the worker writes their records with the same error.
     from labeler.models.errors import DuplicateId, ManifestInvalid

@@ -42,4 +42,3 @@ def test_values_are_parsed_by_type() -> None:
 def test_bad_configuration_is_refused_with_the_variable_named(env: dict[str, str]) -> None:
     with pytest.raises(ConfigurationError):
         Settings.from_env(env)
-
