@@ -31,7 +31,7 @@ def fail_final_report_writes(monkeypatch: pytest.MonkeyPatch, times: int) -> lis
     left = [times]
 
     def flaky(key: str, document: dict[str, Any], metadata: dict[str, str] | None = None, **options: Any) -> None:
-        if key.startswith("reports/") and (metadata or {}).get("status") == "complete" and left[0] > 0:
+        if key.startswith("reports/") and document.get("status") == "complete" and left[0] > 0:
             left[0] -= 1
             raise OSError("S3 answered 500 to the final report")
         real_put(key, document, metadata, **options)
