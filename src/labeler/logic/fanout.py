@@ -38,7 +38,7 @@ from labeler.logic.pipeline import (
     record_error,
     superseded_summary,
 )
-from labeler.logic.report import Tally, publish_report
+from labeler.logic.report import RunState, Tally, publish_report
 from labeler.models.errors import BatchFailed, LabelerError, ManifestError
 from labeler.models.records import EntryItem, ManifestEntry, ManifestRef, RejectedEntry
 from labeler.observability import logger
@@ -114,13 +114,9 @@ class FanOut:
         if final is not None:
             return final
         state = self.progress.read(key)
+        batches = {"count": state.batch_count or 0, "done": state.batches_done}
         published = publish_report(
-            self.services.store,
-            manifest,
-            state.tally,
-            status="in_progress",
-            mode="fanout",
-            batches={"count": state.batch_count or 0, "done": state.batches_done},
+            self.services.store, manifest, RunState(state.tally, "in_progress", "fanout", None, batches)
         )
         return superseded_summary(manifest, state.tally) if published.superseded else published.report
 
@@ -214,12 +210,7 @@ class FanOut:
         if state.batch_count is None or state.batches_done < state.batch_count:
             return None
         error = state.plan.get("error")
+        batches = {"count": state.batch_count, "done": state.batches_done}
         return finish_run(
-            self.services,
-            manifest,
-            state.tally,
-            status="partial" if error else "complete",
-            mode="fanout",
-            manifest_error=error,
-            batches={"count": state.batch_count, "done": state.batches_done},
+            self.services, manifest, RunState(state.tally, "partial" if error else "complete", "fanout", error, batches)
         )

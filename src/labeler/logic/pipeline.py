@@ -41,7 +41,7 @@ from labeler.logic.cache import CachedLabels, KeyedLocks, LabelCache, UrlMemo
 from labeler.logic.guard import NOT_LOOKED, GuardedStore, Head, Verdict, guarded_put, judge
 from labeler.logic.keys import entry_key, run_key
 from labeler.logic.manifest import parse_manifest
-from labeler.logic.report import Tally, publish_report, utc_now
+from labeler.logic.report import RunState, Tally, publish_report, utc_now
 from labeler.models.errors import (
     DownloadTimeout,
     InternalError,
@@ -606,27 +606,16 @@ def superseded_summary(manifest: ManifestRef, tally: Tally) -> dict[str, Any]:
     return {"manifest": manifest.to_dict(), "status": "superseded", **tally.to_dict()}
 
 
-def finish_run(
-    services: Services,
-    manifest: ManifestRef,
-    tally: Tally,
-    *,
-    status: str,
-    mode: str,
-    manifest_error: LabelerError | dict[str, Any] | None = None,
-    batches: dict[str, int] | None = None,
-) -> dict[str, Any]:
+def finish_run(services: Services, manifest: ManifestRef, state: RunState) -> dict[str, Any]:
     """Store the run's final report, then call ``on_run_finished`` once per run; returns the report.
 
     Inline and fanned-out runs end here. The hook runs after the report is stored and after a
     conditional claim in the state table, so that only one of several finishers calls it; if it
     raises, the claim is released and the caller fails, so that a retry calls it again.
     """
-    published = publish_report(
-        services.store, manifest, tally, status=status, mode=mode, manifest_error=manifest_error, batches=batches
-    )
+    published = publish_report(services.store, manifest, state)
     if published.superseded:
-        return superseded_summary(manifest, tally)
+        return superseded_summary(manifest, state.tally)
     claims, key = services.progress, run_key(manifest)
     if claims is not None and not claims.claim_finished(key):
         return published.report
@@ -664,11 +653,11 @@ def process_manifest(
         head = list(islice(entries, services.settings.inline_max_images + 1))
     except ManifestError as exc:
         logger.warning("manifest rejected", extra={"manifest": manifest.to_dict(), "code": str(exc.code)})
-        return finish_run(services, manifest, Tally(), status="failed", mode="inline", manifest_error=exc)
+        return finish_run(services, manifest, RunState(Tally(), "failed", "inline", exc))
 
     fans_out = fan_out is not None and len(head) > services.settings.inline_max_images
     mode = "fanout" if fans_out else "inline"
-    if publish_report(services.store, manifest, Tally(), status="in_progress", mode=mode).superseded:
+    if publish_report(services.store, manifest, RunState(Tally(), "in_progress", mode)).superseded:
         return superseded_summary(manifest, Tally())
     if fan_out is not None and fans_out:
         return fan_out(manifest, entries, head, deadline)
@@ -677,13 +666,11 @@ def process_manifest(
     if run.superseded:
         return superseded_summary(manifest, run.tally)
     if run.write_failures or run.stopped_early:
-        publish_report(
-            services.store, manifest, run.tally, status="incomplete", mode=mode, manifest_error=run.manifest_error
-        )
+        publish_report(services.store, manifest, RunState(run.tally, "incomplete", mode, run.manifest_error))
         if run.write_failures:
             raise ResultWriteFailed(
                 f"{len(run.write_failures)} record(s) could not be written: {run.write_failures[0]}"
             )
         raise DeadlineReached("the Lambda deadline is near; the entries not finished are left for the retry")
     status = "partial" if run.manifest_error is not None else "complete"
-    return finish_run(services, manifest, run.tally, status=status, mode=mode, manifest_error=run.manifest_error)
+    return finish_run(services, manifest, RunState(run.tally, status, mode, run.manifest_error))

@@ -126,27 +126,32 @@ def elapsed_ms(started_at: str, finished_at: str) -> float:
     return max(0.0, (finished - started).total_seconds() * 1000)
 
 
-def build_report(
-    manifest: ManifestRef,
-    tally: Tally,
-    *,
-    status: str,
-    mode: str,
-    started_at: str,
-    manifest_error: LabelerError | dict[str, Any] | None = None,
-    batches: dict[str, int] | None = None,
-) -> dict[str, Any]:
+@dataclass(frozen=True)
+class RunState:
+    """What a report says about a run: its counts, its status, how it ran, and what broke the manifest."""
+
+    tally: Tally
+    status: str
+    mode: str  # "inline" or "fanout"
+    manifest_error: LabelerError | dict[str, Any] | None = None
+    batches: dict[str, int] | None = None  # fan-out: {"count", "done"}
+
+    def __post_init__(self) -> None:
+        if self.status not in STATUSES:
+            raise ValueError(f"not a report status: {self.status!r}")
+
+
+def build_report(manifest: ManifestRef, state: RunState, started_at: str) -> dict[str, Any]:
     """The report document, with the same fields whatever the mode (``batches`` is null inline).
 
     ``timings_ms.total`` is the run's wall time from its first start (``started_at``, kept across
     retries) to this report; ``download_sum``/``label_sum`` add up the entries' own steps.
     """
-    if status not in STATUSES:
-        raise ValueError(f"not a report status: {status!r}")
+    tally, manifest_error = state.tally, state.manifest_error
     finished_at = utc_now()
     report: dict[str, Any] = {
         "manifest": manifest.to_dict(),
-        "status": status,
+        "status": state.status,
         "total": tally.total,
         "succeeded": tally.succeeded,
         "failed": tally.failed,
@@ -154,9 +159,9 @@ def build_report(
         "labels_from_cache": tally.labels_from_cache,
         "not_modified": tally.not_modified,
         "already_done": tally.already_done,
-        "mode": mode,
+        "mode": state.mode,
         "results_prefix": results_prefix(manifest),
-        "batches": batches,
+        "batches": state.batches,
         "timings_ms": {
             "total": round(elapsed_ms(started_at, finished_at), 1),
             "download_sum": round(tally.download_ms, 1),
@@ -182,16 +187,7 @@ class Published:
         return self.verdict is Verdict.SUPERSEDED
 
 
-def publish_report(
-    store: GuardedStore,
-    manifest: ManifestRef,
-    tally: Tally,
-    *,
-    status: str,
-    mode: str,
-    manifest_error: LabelerError | dict[str, Any] | None = None,
-    batches: dict[str, int] | None = None,
-) -> Published:
+def publish_report(store: GuardedStore, manifest: ManifestRef, state: RunState) -> Published:
     """Build the run's report and store it at ``reports/<slug>.json`` unless a newer run's report, or
     this run's final one, is there. The only writer of reports.
 
@@ -202,14 +198,12 @@ def publish_report(
     existing = store.head(key)
     same_run = existing is not None and judge(existing, manifest.stamp) is Verdict.SAME_RUN
     started_at = (existing.metadata.get("started-at") if same_run and existing else None) or utc_now()
-    report = build_report(
-        manifest, tally, status=status, mode=mode, started_at=started_at, manifest_error=manifest_error, batches=batches
-    )
+    report = build_report(manifest, state, started_at)
     written = guarded_put(
         store,
         key,
         report,
-        {"status": status, "started-at": started_at},
+        {"status": state.status, "started-at": started_at},
         manifest.stamp,
         head=existing,
         same_run_stays=lambda theirs: theirs.metadata.get("status") in FINAL_STATUSES,
