@@ -362,6 +362,14 @@ def test_redrive_and_visibility(template: dict[str, Any]) -> None:
     # 3 labeling attempts + the clean-up delivery that labels nothing; one attempt at least.
     assert template["Parameters"]["MaxReceiveCount"]["Default"] == 4
     assert template["Parameters"]["MaxReceiveCount"]["MinValue"] == 2
+
+
+def test_a_killed_invocation_blocks_its_retries_for_a_lease_shorter_than_lambdas_first_retry(
+    template: dict[str, Any],
+) -> None:
+    lease = template["Parameters"]["IdempotencyLeaseSeconds"]
+    assert lease["Default"] < 60  # Lambda retries a failed async event after about a minute
+    assert function_env(template, "ManifestFunction")["IDEMPOTENCY_LEASE_SECONDS"] == {"Ref": "IdempotencyLeaseSeconds"}
     assert function_env(template, "WorkerFunction")["MAX_RECEIVE_COUNT"] == {"Ref": "MaxReceiveCount"}
     # Visibility timeout >= 6 x the worker's timeout (AWS guidance for SQS event sources), for every choice.
     assert work["VisibilityTimeout"] == {
