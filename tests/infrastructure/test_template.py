@@ -363,14 +363,6 @@ def test_redrive_and_visibility(template: dict[str, Any]) -> None:
     assert template["Parameters"]["MaxReceiveCount"]["Default"] == 4
     assert template["Parameters"]["MaxReceiveCount"]["MinValue"] == 2
 
-
-def test_a_killed_invocation_blocks_its_retries_for_a_lease_shorter_than_lambdas_first_retry(
-    template: dict[str, Any],
-) -> None:
-    lease = template["Parameters"]["IdempotencyLeaseSeconds"]
-    assert lease["Default"] < 60  # Lambda retries a failed async event after about a minute
-    assert function_env(template, "ManifestFunction")["IDEMPOTENCY_LEASE_SECONDS"] == {"Ref": "IdempotencyLeaseSeconds"}
-    assert function_env(template, "WorkerFunction")["MAX_RECEIVE_COUNT"] == {"Ref": "MaxReceiveCount"}
     # Visibility timeout >= 6 x the worker's timeout (AWS guidance for SQS event sources), for every choice.
     assert work["VisibilityTimeout"] == {
         "Fn::FindInMap": ["WorkQueueSettings", "VisibilityTimeout", {"Ref": "WorkerTimeout"}]
@@ -394,6 +386,15 @@ def test_queues_are_encrypted_and_tls_only(template: dict[str, Any], queue: str)
     statement = policy["PolicyDocument"]["Statement"][0]
     assert statement["Effect"] == "Deny" and statement["Condition"] == {"Bool": {"aws:SecureTransport": "false"}}
     assert {"Fn::GetAtt": [queue, "Arn"]} in statement["Resource"]
+
+
+def test_a_killed_invocation_blocks_its_retries_for_a_lease_shorter_than_lambdas_first_retry(
+    template: dict[str, Any],
+) -> None:
+    lease = template["Parameters"]["IdempotencyLeaseSeconds"]
+    assert lease["Default"] < 60  # Lambda retries a failed async event after about a minute
+    assert function_env(template, "ManifestFunction")["IDEMPOTENCY_LEASE_SECONDS"] == {"Ref": "IdempotencyLeaseSeconds"}
+    assert function_env(template, "WorkerFunction")["MAX_RECEIVE_COUNT"] == {"Ref": "MaxReceiveCount"}
 
 
 def test_dead_letter_queues_keep_messages_14_days(template: dict[str, Any]) -> None:
