@@ -340,3 +340,22 @@ def test_records_that_are_not_from_s3_are_ignored(
 
     assert [m["manifest"]["key"] for m in response["manifests"]] == ["mixed.json"]
     assert len(buckets.records()) == 1
+
+
+@pytest.mark.parametrize("inline_max", [100, 2], ids=["break-in-the-first-entries-read", "break-later"])
+def test_a_manifest_that_breaks_after_some_entries_is_partial_wherever_the_break_is(
+    inline_max: int, buckets: Buckets, site: Site, lambda_context: FakeLambdaContext, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # More entries than MAX_MANIFEST_ENTRIES: met within the first INLINE_MAX_IMAGES entries as well as later.
+    from labeler.handlers.composition import reset_services
+
+    monkeypatch.setenv("MAX_MANIFEST_ENTRIES", "3")
+    monkeypatch.setenv("INLINE_MAX_IMAGES", str(inline_max))
+    reset_services()
+    event = buckets.put_manifest("too-many.json", [site.url(f"/photo.jpg?n={n}") for n in range(5)])
+
+    invoke(event, lambda_context)
+
+    report = buckets.report()
+    assert (report["status"], report["total"], report["error"]["code"]) == ("partial", 3, "manifest_too_many_entries")
+    assert len(buckets.records()) == 3

@@ -628,6 +628,12 @@ def finish_run(services: Services, manifest: ManifestRef, state: RunState) -> di
     return published.report
 
 
+def _raising(error: ManifestError) -> Iterator[EntryItem]:
+    """An entry stream that has nothing more but the error it broke with (it reaches the run as before)."""
+    raise error
+    yield  # pragma: no cover - makes this a generator
+
+
 FanOutSplit = Callable[[ManifestRef, Iterator[EntryItem], list[EntryItem], Deadline], dict[str, Any]]
 
 
@@ -648,12 +654,16 @@ def process_manifest(
     the event is delivered again and the remaining entries are finished then.
     """
     deadline = deadline or Deadline()
+    head: list[EntryItem] = []
     try:
         manifest, entries = open_entries(services, manifest)
-        head = list(islice(entries, services.settings.inline_max_images + 1))
+        head.extend(islice(entries, services.settings.inline_max_images + 1))
     except ManifestError as exc:
-        logger.warning("manifest rejected", extra={"manifest": manifest.to_dict(), "code": str(exc.code)})
-        return finish_run(services, manifest, RunState(Tally(), "failed", "inline", exc))
+        if not head:  # nothing could be read: the run fails with the error
+            logger.warning("manifest rejected", extra={"manifest": manifest.to_dict(), "code": str(exc.code)})
+            return finish_run(services, manifest, RunState(Tally(), "failed", "inline", exc))
+        # Broke after some entries: those are processed (partial), wherever the break is.
+        entries = _raising(exc)
 
     fans_out = fan_out is not None and len(head) > services.settings.inline_max_images
     mode = "fanout" if fans_out else "inline"
