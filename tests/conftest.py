@@ -27,6 +27,7 @@ os.environ.setdefault("POWERTOOLS_METRICS_NAMESPACE", "S3ImageLabelerTests")
 os.environ.setdefault("POWERTOOLS_LOG_LEVEL", "WARNING")
 
 _bucket_numbers = itertools.count()
+_table_numbers = itertools.count()
 _sequencers = itertools.count(0x0A1B2C3D4E5F6789)
 
 
@@ -200,3 +201,39 @@ def site(_site_server: Site) -> Site:
     _site_server.reset_counters()
     _site_server.server.delay_seconds = 0.0
     return _site_server
+
+
+# --- the state table and the fan-out (DynamoDB and SQS on the embedded endpoint) ------------------------
+from tests.support.sqs_driver import QueueInfo, create_state_table, create_work_queues  # noqa: E402
+
+
+@pytest.fixture
+def state_table(lambda_env: dict[str, str], buckets: Buckets, monkeypatch: pytest.MonkeyPatch) -> str:
+    """A DynamoDB state table on the embedded endpoint: Powertools idempotency and run progress are on."""
+    name = create_state_table(buckets.aws.client("dynamodb"), f"state-{next(_table_numbers)}")
+    monkeypatch.setenv("STATE_TABLE", name)
+    from labeler.handlers.composition import reset_services
+
+    reset_services()
+    return name
+
+
+@pytest.fixture
+def fanout_env(state_table: str, buckets: Buckets, monkeypatch: pytest.MonkeyPatch) -> tuple[QueueInfo, QueueInfo]:
+    """The work queue and its dead-letter queue as the template makes them; manifests over 3 entries fan out."""
+    queue, dlq = create_work_queues(buckets.aws.client("sqs"), f"work-{state_table}")
+    for name, value in {
+        "WORK_QUEUE_URL": queue.url,
+        "DEAD_LETTER_QUEUE_URL": dlq.url,
+        "INLINE_MAX_IMAGES": "3",
+        "BATCH_SIZE": "2",
+    }.items():
+        monkeypatch.setenv(name, value)
+    from labeler.handlers.composition import reset_services
+
+    reset_services()
+    return queue, dlq
+
+
+def manifest_of(site: Site, count: int) -> list[dict[str, str]]:
+    return [{"id": f"img-{n:03d}", "url": site.url(f"/photo.jpg?n={n}")} for n in range(count)]

@@ -7,8 +7,10 @@ Service name and metrics namespace come from POWERTOOLS_SERVICE_NAME / POWERTOOL
 from __future__ import annotations
 
 import os
+from typing import Any
 
 from aws_lambda_powertools import Logger, Metrics, Tracer
+from aws_lambda_powertools.metrics import MetricUnit
 
 SERVICE = os.environ.get("POWERTOOLS_SERVICE_NAME", "s3-image-labeler")
 
@@ -35,3 +37,13 @@ def publish_label_calls(*, calls: int, saved: int) -> None:
 
     metrics.add_metric(name=DETECT_LABELS_CALLS, unit=MetricUnit.Count, value=calls)
     metrics.add_metric(name=DETECT_LABELS_SAVED, unit=MetricUnit.Count, value=saved)
+
+def publish_entry_metrics(tally: Any) -> None:
+    """ImagesSucceeded / ImagesFailed / LabelsFromCache for the entries this invocation finished itself.
+
+    Whichever function labeled an entry counts it, once: entries found done (a retry) are not in
+    ``tally`` (``labeler.logic.pipeline.InvocationTally``).
+    """
+    metrics.add_metric(name="ImagesSucceeded", unit=MetricUnit.Count, value=tally.succeeded)
+    metrics.add_metric(name="ImagesFailed", unit=MetricUnit.Count, value=tally.failed)
+    metrics.add_metric(name="LabelsFromCache", unit=MetricUnit.Count, value=tally.labels_from_cache)

@@ -178,14 +178,15 @@ def test_a_redelivered_event_labels_nothing_twice_and_duplicates_nothing(
     invoke(event, lambda_context)
     keys_before = buckets.output_keys("results/")
     downloads_before = site.hits("/photo.jpg")
+    report_before = buckets.report()
 
-    invoke(event, lambda_context)
+    response = invoke(event, lambda_context)
 
     assert buckets.output_keys("results/") == keys_before
     assert fake_rekognition.state.successful_calls == 2
     assert site.hits("/photo.jpg") == downloads_before  # already done: not even downloaded again
-    report = buckets.report()
-    assert (report["succeeded"], report["already_done"]) == (2, 2)
+    assert response["manifests"][0]["succeeded"] == 2
+    assert buckets.report() == report_before  # the run's final report stands: a final status is terminal
 
 
 def test_the_same_bytes_are_never_labeled_twice(
@@ -300,7 +301,7 @@ def test_near_the_deadline_no_new_work_starts_and_the_retry_finishes(
 ) -> None:
     urls = [{"id": f"img-{n}", "url": site.url(f"/photo.jpg?n={n}")} for n in range(6)]
     event = buckets.put_manifest("deadline.json", urls)
-    context = FakeLambdaContext(remaining_ms=1_000)  # below the 15 s margin from the start
+    context = FakeLambdaContext(remaining_ms=400)  # less than the smallest margin (0.5 s): nothing may start
 
     with pytest.raises(DeadlineReached):
         invoke(event, context)
@@ -339,3 +340,22 @@ def test_records_that_are_not_from_s3_are_ignored(
 
     assert [m["manifest"]["key"] for m in response["manifests"]] == ["mixed.json"]
     assert len(buckets.records()) == 1
+
+
+@pytest.mark.parametrize("inline_max", [100, 2], ids=["break-in-the-first-entries-read", "break-later"])
+def test_a_manifest_that_breaks_after_some_entries_is_partial_wherever_the_break_is(
+    inline_max: int, buckets: Buckets, site: Site, lambda_context: FakeLambdaContext, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # More entries than MAX_MANIFEST_ENTRIES: met within the first INLINE_MAX_IMAGES entries as well as later.
+    from labeler.handlers.composition import reset_services
+
+    monkeypatch.setenv("MAX_MANIFEST_ENTRIES", "3")
+    monkeypatch.setenv("INLINE_MAX_IMAGES", str(inline_max))
+    reset_services()
+    event = buckets.put_manifest("too-many.json", [site.url(f"/photo.jpg?n={n}") for n in range(5)])
+
+    invoke(event, lambda_context)
+
+    report = buckets.report()
+    assert (report["status"], report["total"], report["error"]["code"]) == ("partial", 3, "manifest_too_many_entries")
+    assert len(buckets.records()) == 3

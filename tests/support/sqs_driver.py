@@ -18,7 +18,7 @@ class QueueInfo:
     arn: str
 
 
-def create_work_queues(sqs: Any, name: str, max_receive_count: int = 3) -> tuple[QueueInfo, QueueInfo]:
+def create_work_queues(sqs: Any, name: str, max_receive_count: int = 4) -> tuple[QueueInfo, QueueInfo]:
     """A work queue with a redrive policy to its dead-letter queue, as template.yaml declares them."""
     import json
 

@@ -513,6 +513,13 @@ def test_slow_servers_fail_within_the_deadline(path: str, site: Site, fetchers: 
     assert seconds < TIMEOUT + SLACK
 
 
+def test_a_fetch_can_be_given_less_time_than_the_policy(site: Site, fetchers: Callable[..., ImageFetcher]) -> None:
+    # The pipeline passes what is left before the invocation's deadline when that is shorter.
+    fetcher = fetchers(timeout_seconds=600.0)
+    with pytest.raises(DownloadTimeout, match=r"longer than 0\.3 s"):
+        fetcher.fetch(site.url("/never-answers"), timeout_seconds=0.3)
+
+
 def test_a_slow_error_body_does_not_hide_the_status(site: Site, fetchers: Callable[..., ImageFetcher]) -> None:
     fetcher = fetchers(timeout_seconds=10.0)
     error, seconds = elapsed(lambda: fetcher.fetch(site.url("/slow-404")))

@@ -210,6 +210,38 @@ def test_refusals_before_decoding(data: bytes, error: type[LabelerError], words:
     assert words in caught.value.message
 
 
+XPM = b'/* XPM */\nstatic char *x[] = {\n"2 2 1 1",\n"a c #ff0000",\n"aa",\n"aa"};\n'
+
+
+@pytest.mark.parametrize(
+    ("data", "kind", "name"),
+    [
+        (encode(samples.photo(size=(100, 100)), "PPM"), "ppm", "PPM"),
+        (encode(samples.photo(size=(100, 100)).convert("L"), "PPM"), "pgm", "PGM"),
+        (encode(samples.photo(size=(100, 100)).convert("1"), "PPM"), "pbm", "PBM"),
+        (b"P3\n# a comment\n2 2\n255\n" + b"0 0 0 " * 4, "ppm", "PPM"),
+        (b"P7\nWIDTH 2\nHEIGHT 2\nDEPTH 3\nMAXVAL 255\nTUPLTYPE RGB\nENDHDR\n" + bytes(12), "pam", "PAM"),
+        (encode(samples.photo(size=(100, 100)), "QOI"), "qoi", "QOI"),
+        (encode(samples.photo(size=(100, 100)), "SGI"), "sgi", "SGI"),
+        (XPM, "xpm", "XPM"),
+        (encode(samples.photo(size=(100, 100)), "DDS"), "dds", "DDS"),
+        (encode(samples.photo(size=(100, 100)), "EPS"), "eps", "EPS"),
+    ],
+)
+def test_valid_images_in_formats_we_do_not_convert_are_unsupported_and_named(data: bytes, kind: str, name: str) -> None:
+    assert sniff_format(data) == kind
+    with pytest.raises(UnsupportedImage) as caught:
+        prepare_image(data)
+    assert caught.value.message.startswith(name)
+    assert caught.value.to_dict()["format"] == kind
+
+
+@pytest.mark.parametrize("text", [b"P1 is a parking spot", b"P6 nonsense", b"P7 x", b"\x01\xda\x05\x09"])
+def test_text_that_merely_starts_like_a_format_is_not_an_image(text: bytes) -> None:
+    with pytest.raises(NotAnImage):
+        prepare_image(text + bytes(40))
+
+
 # --- pass-through ---------------------------------------------------------------------------------
 @pytest.mark.parametrize(
     ("data", "kind"),

@@ -293,6 +293,30 @@ def test_result_keys_are_injective_including_duplicates() -> None:
     assert result_key(MANIFEST, "a", duplicate_index=1) != result_key(MANIFEST, "a~dup1")
 
 
+def test_generated_ids_never_take_the_key_of_a_given_id() -> None:
+    # A given id can be any text, "url-…" and "entry-3" included: a generated id's key starts with "~".
+    ids = [*HOSTILE_IDS, "url-777460dbe029a0d171d0", "entry-3", "~url-x", "%7Eurl-x"]
+    keys_seen = set()
+    for image_id in dict.fromkeys(ids):
+        for generated in (False, True):
+            for duplicate_index in (None, 3):
+                keys_seen.add(result_key(MANIFEST, image_id, duplicate_index, generated=generated))
+    assert len(keys_seen) == len(dict.fromkeys(ids)) * 4
+    given, made_up = result_key(MANIFEST, "entry-3"), result_key(MANIFEST, "entry-3", generated=True)
+    assert given.endswith("/entry-3.json") and made_up.endswith("/~entry-3.json")
+
+
+def test_entry_keys() -> None:
+    from labeler.models.errors import InvalidEntry
+    from labeler.models.records import ManifestEntry, RejectedEntry
+
+    slug = manifest_slug(MANIFEST.bucket, MANIFEST.key)
+    assert keys.entry_key(MANIFEST, ManifestEntry(0, "a", "https://e.com/")) == f"results/{slug}/a.json"
+    assert keys.entry_key(MANIFEST, ManifestEntry(0, "url-1", "u", id_given=False)) == f"results/{slug}/~url-1.json"
+    rejected = RejectedEntry(4, "entry-4", None, InvalidEntry("no url"), id_given=False)
+    assert keys.entry_key(MANIFEST, rejected) == f"results/{slug}/~entry-4~dup4.json"
+
+
 def test_negative_duplicate_index_is_refused() -> None:
     with pytest.raises(ValueError):
         result_key(MANIFEST, "a", duplicate_index=-1)

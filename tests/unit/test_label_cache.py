@@ -21,12 +21,9 @@ class MemoryStore:
         self.gate = threading.Event()
         self.gate.set()
 
-    def put_json(
-        self, key: str, document: dict[str, Any], metadata: dict[str, str] | None = None, *, if_absent: bool = False
-    ) -> bool:
+    def put_json(self, key: str, document: dict[str, Any], metadata: dict[str, str] | None = None) -> None:
         self.gate.wait(5)
         self.objects[key] = document
-        return True
 
     def get_json(self, key: str) -> dict[str, Any] | None:
         self.reads += 1

@@ -16,6 +16,8 @@ def test_defaults_match_the_documented_contract() -> None:
     assert settings.allow_private_networks is False
     assert settings.label_backend == "rekognition"
     assert settings.inline_max_images == 100
+    assert settings.idempotency_lease_seconds == 45
+    assert settings.max_receive_count == 4  # 3 labeling attempts and the delivery that gives up
 
 
 def test_values_are_parsed_by_type() -> None:
@@ -38,6 +40,8 @@ def test_values_are_parsed_by_type() -> None:
         {"OUTPUT_BUCKET": "r", "LABEL_BACKEND": "clip"},
         {"OUTPUT_BUCKET": "r", "REKOGNITION_MAX_TPS": "0"},
         {"OUTPUT_BUCKET": "r", "WORKER_MAX_CONCURRENCY": "0"},
+        {"OUTPUT_BUCKET": "r", "MAX_RECEIVE_COUNT": "1"},  # the last delivery labels nothing: no attempt left
+        {"OUTPUT_BUCKET": "r", "IDEMPOTENCY_LEASE_SECONDS": "0"},
     ],
 )
 def test_bad_configuration_is_refused_with_the_variable_named(env: dict[str, str]) -> None:

@@ -316,9 +316,14 @@ class ImageFetcher:
         }
 
     # --- public API ---------------------------------------------------------------------------------
-    def fetch(self, url: str, validators: Validators | None = None) -> FetchedImage | NotModified:
-        """Download ``url`` (following redirects by hand); raises :class:`LabelerError` subclasses only."""
-        deadline = _Deadline(self.policy.timeout_seconds)
+    def fetch(
+        self, url: str, validators: Validators | None = None, *, timeout_seconds: float | None = None
+    ) -> FetchedImage | NotModified:
+        """Download ``url`` (following redirects by hand); raises :class:`LabelerError` subclasses only.
+
+        ``timeout_seconds`` replaces the policy's deadline for this fetch (the caller's time is shorter).
+        """
+        deadline = _Deadline(self.policy.timeout_seconds if timeout_seconds is None else timeout_seconds)
         headers = dict(self._headers)
         if validators is not None:
             if validators.etag:

@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import io
 import math
+import re
 import struct
 import threading
 import zlib
@@ -77,6 +78,15 @@ _UNSUPPORTED_NAMES = {
     "psd": "PSD (Photoshop)",
     "jp2": "JPEG 2000",
     "jxl": "JPEG XL",
+    "pbm": "PBM (Netpbm bitmap)",
+    "pgm": "PGM (Netpbm greymap)",
+    "ppm": "PPM (Netpbm pixmap)",
+    "pam": "PAM (Netpbm)",
+    "qoi": "QOI",
+    "sgi": "SGI",
+    "xpm": "XPM (X pixmap)",
+    "dds": "DDS (DirectDraw surface)",
+    "eps": "EPS (PostScript)",
 }
 
 _JPEG_QUALITY = 90  # first try; then lowered in steps of 10 down to _MIN_QUALITY before shrinking
@@ -133,7 +143,16 @@ _MAGIC = (
     (b"\x00\x00\x00\x0cjP  \r\n\x87\n", "jp2"),  # JP2 container
     (b"\xff\x0a", "jxl"),  # JPEG XL codestream
     (b"\x00\x00\x00\x0cJXL \r\n\x87\n", "jxl"),  # JPEG XL container
+    (b"qoif", "qoi"),
+    (b"DDS |", "dds"),  # the magic, then the header size (124)
+    (b"%!PS-Adobe", "eps"),
+    (b"\xc5\xd0\xd3\xc6", "eps"),  # DOS EPS binary header
+    (b"/* XPM */", "xpm"),
+    (b"! XPM2", "xpm"),
 )
+# Netpbm: "P1".."P6", whitespace (and comments), width and height in ASCII digits; PAM: "P7" then WIDTH...
+_NETPBM = re.compile(rb"\AP([1-6])(?:\s+(?:#[^\n]*\n)*)+\d+(?:\s+(?:#[^\n]*\n)*)+\d+\s")
+_NETPBM_KINDS = {b"1": "pbm", b"4": "pbm", b"2": "pgm", b"5": "pgm", b"3": "ppm", b"6": "ppm"}
 
 
 def sniff_format(data: bytes) -> str | None:
@@ -141,7 +160,9 @@ def sniff_format(data: bytes) -> str | None:
 
     Supported images: ``"jpeg"``, ``"png"``, ``"gif"``, ``"webp"``, ``"bmp"``, ``"tiff"``.
     Recognised but refused: ``"svg"``, ``"heic"``, ``"avif"``, ``"ico"``, ``"pdf"``, ``"psd"``,
-    ``"jp2"``, ``"jxl"``, and ``"html"`` (a web page, typically an error page served as the image).
+    ``"jp2"``, ``"jxl"``, ``"pbm"``, ``"pgm"``, ``"ppm"``, ``"pam"``, ``"qoi"``, ``"sgi"``,
+    ``"xpm"``, ``"dds"``, ``"eps"``, and ``"html"`` (a web page, typically an error page served as
+    the image).
     """
     head = bytes(data[:32])
     for prefix, kind in _MAGIC:
@@ -151,6 +172,13 @@ def sniff_format(data: bytes) -> str | None:
         return "webp"
     if _looks_like_bmp(head):
         return "bmp"
+    netpbm = _NETPBM.match(bytes(data[:256]))
+    if netpbm:
+        return _NETPBM_KINDS[netpbm.group(1)]
+    if head.startswith(b"P7\n") and b"WIDTH" in bytes(data[:256]):
+        return "pam"
+    if _looks_like_sgi(head):
+        return "sgi"
     if head[4:8] == b"ftyp":
         return _iso_media_image(data)
     if _looks_like_ico(head):
@@ -164,6 +192,13 @@ def _looks_like_bmp(head: bytes) -> bool:
         return False
     offset, header_size = struct.unpack_from("<II", head, 10)
     return header_size in _BMP_HEADER_SIZES and 14 + header_size <= offset < 1 << 28
+
+
+def _looks_like_sgi(head: bytes) -> bool:
+    # Magic 474, storage 0 (verbatim) or 1 (RLE), 1 or 2 bytes per channel, dimension 1 to 3.
+    if len(head) < 6 or head[:2] != b"\x01\xda":
+        return False
+    return head[2] in (0, 1) and head[3] in (1, 2) and 1 <= struct.unpack_from(">H", head, 4)[0] <= 3
 
 
 def _looks_like_ico(head: bytes) -> bool:

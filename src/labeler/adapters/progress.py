@@ -1,21 +1,31 @@
-"""Fan-out progress of one manifest run in DynamoDB, counted exactly once per batch.
+"""The progress of one manifest run in DynamoDB: batches counted exactly once, the split's cursor, the end.
 
-Each finished batch is recorded in one transaction: a batch item that may exist only once
-(``attribute_not_exists``) plus ``ADD`` to the run's counters. A batch delivered twice by SQS
-is therefore counted once, and a crash between the two writes cannot happen. Whoever sees
-``batches_done == batch_count`` first claims the run (a conditional ``SET finalized``) and
-writes the final report, so the report is written exactly once, whatever the fan-out.
+Items (key ``id``), all expiring by the table's TTL attribute ``expiration``:
+
+* ``run#<run key>``: the run's counters (``batches_done``, the tally, ``err_<code>``), the split's
+  ``cursor`` (batches sent so far) and ``batch_count`` and ``plan`` (once every batch is sent), and
+  ``finished`` (set once, after the final report is stored: the run's end hook is called once).
+* ``run#<run key>#batch#<n>``: written once when batch ``n`` is counted.
+* ``run#<run key>#batch#<n>#failure``: why the last failed delivery of batch ``n`` failed (the
+  delivery that gives up on the batch names it; a killed delivery leaves none).
+
+Each finished batch is recorded in one transaction: the batch item, which may exist only once
+(``attribute_not_exists``), plus ``ADD`` to the run's counters. A batch delivered twice by SQS is
+therefore counted once, and a crash between the two writes cannot happen.
 """
 
 from __future__ import annotations
 
+import contextlib
+import json
 import time
 from dataclasses import dataclass
 from typing import Any
 
 from labeler.logic.report import Tally
 
-_COUNTERS = ("succeeded", "failed", "labels_from_cache", "not_modified", "already_done")
+_COUNTERS = ("succeeded", "failed", "labels_from_cache", "not_modified", "already_done", "superseded")
+_SUMS = ("download_ms", "label_ms")
 # Progress items outlive any run by far; the table's TTL (attribute ``expiration``) then removes them.
 PROGRESS_TTL_SECONDS = 30 * 24 * 3600
 
@@ -26,11 +36,12 @@ def _expiration() -> dict[str, str]:
 
 @dataclass(frozen=True)
 class RunProgress:
-    batch_count: int | None
+    batch_count: int | None  # known once every batch is sent
     batches_done: int
     tally: Tally
-    finalized: bool
+    finished: bool
     plan: dict[str, Any]
+    cursor: int  # batches sent so far (a retried split sends from here)
 
 
 class ProgressTable:
@@ -44,11 +55,12 @@ class ProgressTable:
 
     def record_batch(self, run_key: str, batch_index: int, tally: Tally) -> bool:
         """Count one finished batch; False when it had been counted already (a redelivery)."""
-        names = {f"#{name}": name for name in _COUNTERS}
+        names = {f"#{name}": name for name in (*_COUNTERS, *_SUMS)}
         values: dict[str, Any] = {f":{name}": {"N": str(getattr(tally, name))} for name in _COUNTERS}
+        values.update({f":{name}": {"N": str(round(getattr(tally, name), 1))} for name in _SUMS})
         values[":one"] = {"N": "1"}
         values[":expiration"] = _expiration()
-        parts = ["batches_done :one", *(f"#{name} :{name}" for name in _COUNTERS)]
+        parts = ["batches_done :one", *(f"#{name} :{name}" for name in (*_COUNTERS, *_SUMS))]
         for number, (code, count) in enumerate(sorted(tally.errors_by_code.items())):
             names[f"#e{number}"] = f"err_{code}"
             values[f":e{number}"] = {"N": str(count)}
@@ -81,10 +93,21 @@ class ProgressTable:
             raise
         return True
 
-    def set_plan(self, run_key: str, batch_count: int, plan: dict[str, Any]) -> None:
-        """Record how many batches the run has (known once every batch is sent) and the splitter's tally."""
-        import json
+    def save_cursor(self, run_key: str, cursor: int) -> None:
+        """Remember that batches ``0 … cursor-1`` are sent (never moves back)."""
+        # A twin that got further already wins (the condition fails): the cursor never moves back.
+        with contextlib.suppress(self.client.exceptions.ConditionalCheckFailedException):
+            self.client.update_item(
+                TableName=self.table,
+                Key=self._run_id(run_key),
+                UpdateExpression="SET #cursor = :cursor, expiration = :expiration",
+                ConditionExpression="attribute_not_exists(#cursor) OR #cursor < :cursor",
+                ExpressionAttributeNames={"#cursor": "cursor"},
+                ExpressionAttributeValues={":cursor": {"N": str(cursor)}, ":expiration": _expiration()},
+            )
 
+    def set_plan(self, run_key: str, batch_count: int, plan: dict[str, Any]) -> None:
+        """Record how many batches the run has (known once every batch is sent) and what the split found."""
         self.client.update_item(
             TableName=self.table,
             Key=self._run_id(run_key),
@@ -98,37 +121,57 @@ class ProgressTable:
         )
 
     def read(self, run_key: str) -> RunProgress:
-        import json
-
         item = self.client.get_item(TableName=self.table, Key=self._run_id(run_key), ConsistentRead=True).get(
             "Item", {}
         )
 
-        def number(name: str) -> int:
-            return int(item[name]["N"]) if name in item else 0
+        def number(name: str) -> float:
+            return float(item[name]["N"]) if name in item else 0
 
-        tally = Tally(**{name: number(name) for name in _COUNTERS})
+        tally = Tally(**{name: int(number(name)) for name in _COUNTERS}, **{name: number(name) for name in _SUMS})
         for name, value in item.items():
             if name.startswith("err_"):
                 tally.errors_by_code[name[4:]] = int(value["N"])
         return RunProgress(
-            batch_count=number("batch_count") if "batch_count" in item else None,
-            batches_done=number("batches_done"),
+            batch_count=int(number("batch_count")) if "batch_count" in item else None,
+            batches_done=int(number("batches_done")),
             tally=tally,
-            finalized="finalized" in item,
+            finished="finished" in item,
             plan=json.loads(item["plan"]["S"]) if "plan" in item else {},
+            cursor=int(number("cursor")),
         )
 
-    def claim_finalization(self, run_key: str) -> bool:
-        """True for exactly one caller once the run is complete."""
+    def claim_finished(self, run_key: str) -> bool:
+        """True for exactly one caller: the run's final report is stored, its end is to be announced once."""
         try:
             self.client.update_item(
                 TableName=self.table,
                 Key=self._run_id(run_key),
-                UpdateExpression="SET finalized = :t",
-                ConditionExpression="attribute_not_exists(finalized) AND batches_done = batch_count",
-                ExpressionAttributeValues={":t": {"BOOL": True}},
+                UpdateExpression="SET finished = :t, expiration = :expiration",
+                ConditionExpression="attribute_not_exists(finished)",
+                ExpressionAttributeValues={":t": {"BOOL": True}, ":expiration": _expiration()},
             )
         except self.client.exceptions.ConditionalCheckFailedException:
             return False
         return True
+
+    def note_failure(self, run_key: str, batch_index: int, reason: str) -> None:
+        """Remember why a delivery of a batch failed (for the reason of its last delivery)."""
+        self.client.put_item(
+            TableName=self.table,
+            Item={
+                "id": {"S": f"run#{run_key}#batch#{batch_index}#failure"},
+                "reason": {"S": reason[:1000]},
+                "expiration": _expiration(),
+            },
+        )
+
+    def last_failure(self, run_key: str, batch_index: int) -> str | None:
+        item = self.client.get_item(
+            TableName=self.table, Key={"id": {"S": f"run#{run_key}#batch#{batch_index}#failure"}}, ConsistentRead=True
+        ).get("Item")
+        return str(item["reason"]["S"]) if item else None
+
+    def release_finished(self, run_key: str) -> None:
+        """Undo :meth:`claim_finished` (the end hook failed: the retry claims and calls it again)."""
+        self.client.update_item(TableName=self.table, Key=self._run_id(run_key), UpdateExpression="REMOVE finished")

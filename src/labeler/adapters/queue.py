@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 MAX_MESSAGES_PER_CALL = 10
@@ -25,8 +25,12 @@ class WorkQueue:
         self.attempts = attempts
         self.sent = 0
 
-    def send_all(self, bodies: Iterable[dict[str, Any]]) -> int:
-        """Send every body; returns how many were sent. Raises :class:`QueueSendFailed`."""
+    def send_all(self, bodies: Iterable[dict[str, Any]], on_sent: Callable[[int], None] | None = None) -> int:
+        """Send every body in order; returns how many were sent. Raises :class:`QueueSendFailed`.
+
+        ``on_sent(n)`` is called after each ``SendMessageBatch`` call with the number sent so far, so a
+        caller can remember where a retry has to resume.
+        """
         pending: list[str] = []
         size = 0
         count = 0
@@ -34,12 +38,16 @@ class WorkQueue:
             encoded = json.dumps(body, separators=(",", ":"))
             if pending and (len(pending) == MAX_MESSAGES_PER_CALL or size + len(encoded) > MAX_CALL_BYTES):
                 self._send(pending)
+                if on_sent is not None:
+                    on_sent(count)
                 pending, size = [], 0
             pending.append(encoded)
             size += len(encoded)
             count += 1
         if pending:
             self._send(pending)
+            if on_sent is not None:
+                on_sent(count)
         return count
 
     def _send(self, encoded: list[str]) -> None:

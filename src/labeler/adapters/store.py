@@ -9,10 +9,19 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import UTC
 from typing import Any, BinaryIO
 
-from labeler.models.errors import ManifestUnreadable
+from labeler.models.errors import ManifestReadInterrupted, ManifestUnreadable
 from labeler.models.records import ManifestRef
+
+# The manifest's own fault (refused, deleted): a report says so. Anything else (5xx, SlowDown,
+# throttling, a reset connection) is S3's or the network's, and the invocation is retried.
+PERMANENT_READ_ERRORS = frozenset(
+    {"AccessDenied", "403", "NoSuchKey", "NoSuchVersion", "NoSuchBucket", "404", "InvalidObjectState"}
+)
+# 412: the condition did not hold; 409: a concurrent conditional write won (S3 asks to retry).
+_PRECONDITION_CODES = frozenset({"PreconditionFailed", "412", "ConditionalRequestConflict", "409"})
 
 
 @dataclass(frozen=True)
@@ -21,14 +30,45 @@ class OpenedManifest:
     body: BinaryIO
 
 
+@dataclass(frozen=True)
+class ObjectHead:
+    """What a ``HEAD`` tells about an object: its ETag (for ``If-Match``) and its user metadata."""
+
+    etag: str
+    metadata: dict[str, str]
+
+
+class PreconditionFailed(Exception):
+    """A conditional write found the object changed (or appeared) since it was looked at: look again."""
+
+
 def build_s3_client(max_pool_connections: int = 64) -> Any:
     import boto3
     from botocore.config import Config
 
+    # Short timeouts: every S3 call of an entry (HEAD, cache, record) is a few KB; a stuck connection is
+    # retried on a fresh one instead of holding a worker for botocore's default 60 s per read.
     return boto3.client(
         "s3",
-        config=Config(retries={"mode": "standard", "max_attempts": 5}, max_pool_connections=max_pool_connections),
+        config=Config(
+            retries={"mode": "standard", "max_attempts": 5},
+            max_pool_connections=max_pool_connections,
+            connect_timeout=5,
+            read_timeout=20,
+        ),
     )
+
+
+def _error_code(exc: Any) -> str:
+    error = exc.response.get("Error", {})
+    return str(error.get("Code") or exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", ""))
+
+
+def _basic_utc(value: Any) -> str | None:
+    """``LastModified`` (a datetime) as ``YYYYMMDDTHHMMSSZ``, which sorts as it compares."""
+    if value is None or not hasattr(value, "astimezone"):
+        return None
+    return str(value.astimezone(UTC).strftime("%Y%m%dT%H%M%SZ"))
 
 
 class S3Store:
@@ -40,8 +80,12 @@ class S3Store:
 
     # --- manifests -----------------------------------------------------------------------
     def open_manifest(self, ref: ManifestRef) -> OpenedManifest:
-        """Open the manifest object for streaming; ``ManifestUnreadable`` if S3 refuses it."""
-        from botocore.exceptions import ClientError
+        """Open the manifest object for streaming.
+
+        Raises ``ManifestUnreadable`` when S3 refuses it for good (access denied, no such key or
+        version), ``ManifestReadInterrupted`` for anything that a retry may cure.
+        """
+        from botocore.exceptions import BotoCoreError, ClientError
 
         kwargs: dict[str, Any] = {"Bucket": ref.bucket, "Key": ref.key}
         if ref.version_id:
@@ -49,11 +93,14 @@ class S3Store:
         try:
             response = self.client.get_object(**kwargs)
         except ClientError as exc:
-            error = exc.response.get("Error", {})
-            raise ManifestUnreadable(
-                f"cannot read s3://{ref.bucket}/{ref.key}: {error.get('Code')} {error.get('Message', '')}".strip(),
-                aws_code=error.get("Code"),
-            ) from exc
+            code = _error_code(exc)
+            message = exc.response.get("Error", {}).get("Message", "")
+            described = f"cannot read s3://{ref.bucket}/{ref.key}: {code} {message}".strip()
+            if code in PERMANENT_READ_ERRORS:
+                raise ManifestUnreadable(described, aws_code=code) from exc
+            raise ManifestReadInterrupted(described) from exc
+        except BotoCoreError as exc:  # connection errors, timeouts: S3 or the network, not the manifest
+            raise ManifestReadInterrupted(f"cannot read s3://{ref.bucket}/{ref.key}: {exc}") from exc
         opened = ManifestRef(
             bucket=ref.bucket,
             key=ref.key,
@@ -61,14 +108,23 @@ class S3Store:
             version_id=response.get("VersionId") or ref.version_id,
             size=response.get("ContentLength", ref.size),
             sequencer=ref.sequencer,
+            last_modified=_basic_utc(response.get("LastModified")) or ref.last_modified,
         )
         return OpenedManifest(ref=opened, body=response["Body"])
 
     # --- JSON objects in the output bucket ----------------------------------------------------
     def put_json(
-        self, key: str, document: dict[str, Any], metadata: dict[str, str] | None = None, *, if_absent: bool = False
-    ) -> bool:
-        """Write ``document``; with ``if_absent`` only if nothing is there yet (returns False then)."""
+        self,
+        key: str,
+        document: dict[str, Any],
+        metadata: dict[str, str] | None = None,
+        *,
+        if_none_match: bool = False,
+        if_match: str | None = None,
+    ) -> None:
+        """Write ``document``; conditionally with ``if_none_match`` (nothing there yet) or ``if_match``
+        (still that ETag): :class:`PreconditionFailed` when the condition does not hold.
+        """
         from botocore.exceptions import ClientError
 
         kwargs: dict[str, Any] = {
@@ -78,15 +134,18 @@ class S3Store:
             "ContentType": "application/json",
             "Metadata": metadata or {},
         }
-        if if_absent:
+        if if_none_match:
             kwargs["IfNoneMatch"] = "*"
+        if if_match is not None:
+            kwargs["IfMatch"] = if_match
         try:
             self.client.put_object(**kwargs)
         except ClientError as exc:
-            if if_absent and exc.response.get("Error", {}).get("Code") in {"PreconditionFailed", "412"}:
-                return False
+            code = _error_code(exc)
+            # If-Match on an object deleted meanwhile answers 404: the condition failed all the same.
+            if code in _PRECONDITION_CODES or (if_match is not None and code in {"NoSuchKey", "404"}):
+                raise PreconditionFailed(f"{key}: {code}") from exc
             raise
-        return True
 
     def get_json(self, key: str) -> dict[str, Any] | None:
         """The JSON document at ``key``, or None when there is none."""
@@ -101,8 +160,8 @@ class S3Store:
         document: dict[str, Any] = json.loads(response["Body"].read())
         return document
 
-    def head_metadata(self, key: str) -> dict[str, str] | None:
-        """The user metadata of ``key`` (cheap: no body), or None when there is no object."""
+    def head(self, key: str) -> ObjectHead | None:
+        """The ETag and user metadata of ``key`` (cheap: no body), or None when there is no object."""
         from botocore.exceptions import ClientError
 
         try:
@@ -111,8 +170,7 @@ class S3Store:
             if exc.response.get("Error", {}).get("Code") in {"NoSuchKey", "404", "NotFound"}:
                 return None
             raise
-        metadata: dict[str, str] = response.get("Metadata", {})
-        return metadata
+        return ObjectHead(etag=str(response.get("ETag", "")), metadata=dict(response.get("Metadata", {})))
 
     def list_keys(self, prefix: str) -> Iterator[str]:
         paginator = self.client.get_paginator("list_objects_v2")

@@ -16,9 +16,10 @@ from labeler.adapters.labels.base import LabelBackend
 from labeler.adapters.store import S3Store, build_s3_client
 from labeler.handlers.idempotency import OncePerDelivery
 from labeler.logic.cache import LabelCache
-from labeler.logic.pipeline import Services
+from labeler.logic.pipeline import Deadline, FanOutSplit, Services
 from labeler.models.records import EntryItem, ManifestRef
 from labeler.models.settings import Settings
+from labeler.observability import logger
 
 if TYPE_CHECKING:  # the fan-out machinery is imported when a manifest first needs it (fast cold starts)
     from labeler.logic.fanout import FanOut
@@ -61,6 +62,13 @@ def build_services(settings: Settings) -> Services:
         )
     )
     backend = build_backend(settings)
+    progress = None
+    if settings.state_table:
+        import boto3
+
+        from labeler.adapters.progress import ProgressTable
+
+        progress = ProgressTable(boto3.client("dynamodb"), settings.state_table)
     cache = None
     if settings.label_cache:
         cache = LabelCache(
@@ -71,7 +79,23 @@ def build_services(settings: Settings) -> Services:
             current_model_version=lambda: getattr(backend, "model_version", None),
             writer=ThreadPoolExecutor(max_workers=4, thread_name_prefix="cache-write"),
         )
-    return Services(settings=settings, store=store, fetcher=fetcher, backend=backend, cache=cache)
+    return Services(
+        settings=settings,
+        store=store,
+        fetcher=fetcher,
+        backend=backend,
+        cache=cache,
+        progress=progress,
+        on_run_finished=run_finished,
+    )
+
+
+def run_finished(report: dict[str, Any]) -> None:
+    """Called once per run, after its final report is stored (pipeline.finish_run): the place for an event."""
+    logger.info(
+        "run finished",
+        extra={"manifest": report.get("manifest"), "status": report.get("status"), "total": report.get("total")},
+    )
 
 
 def build_fanout(services: Services) -> FanOut | None:
@@ -85,9 +109,9 @@ def build_fanout(services: Services) -> FanOut | None:
     from labeler.adapters.queue import WorkQueue
     from labeler.logic.fanout import FanOut
 
+    assert isinstance(services.progress, ProgressTable)  # fans_out implies STATE_TABLE
     queue = WorkQueue(boto3.client("sqs"), settings.work_queue_url)
-    progress = ProgressTable(boto3.client("dynamodb"), settings.state_table)
-    return FanOut(services=services, queue=queue, progress=progress)
+    return FanOut(services=services, queue=queue, progress=services.progress)
 
 
 def get_fanout() -> FanOut | None:
@@ -99,7 +123,7 @@ def get_fanout() -> FanOut | None:
         return _fanout
 
 
-def fan_out_on_demand(settings: Settings) -> Any:
+def fan_out_on_demand(settings: Settings) -> FanOutSplit | None:
     """``FanOut.split`` for :func:`process_manifest`, built only when a manifest is too large to label inline.
 
     ``None`` when the work queue and the state table are not configured (local runs label inline).
@@ -107,10 +131,12 @@ def fan_out_on_demand(settings: Settings) -> Any:
     if not settings.fans_out:
         return None
 
-    def split(manifest: ManifestRef, entries: Iterator[EntryItem], head: list[Any]) -> dict[str, Any]:
+    def split(
+        manifest: ManifestRef, entries: Iterator[EntryItem], head: list[EntryItem], deadline: Deadline
+    ) -> dict[str, Any]:
         fanout = get_fanout()
         assert fanout is not None
-        return fanout.split(manifest, entries, head)
+        return fanout.split(manifest, entries, head, deadline)
 
     return split
 

@@ -2,6 +2,10 @@
 
 Thin by design: parse the event, call :func:`labeler.logic.pipeline.process_manifest` for every
 record, report metrics. Keys arrive URL-encoded (``+`` for a space) and are decoded here.
+
+The invocation fails (so that Lambda retries the event, then sends it to the FailureQueue) when
+any manifest is unfinished: a record that cannot be written, the deadline, a transient S3 error
+on the manifest, or a delivery found in progress elsewhere.
 """
 
 from __future__ import annotations
@@ -14,10 +18,9 @@ from aws_lambda_powertools.metrics import MetricUnit
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from labeler.handlers.composition import fan_out_on_demand, get_once, get_services
-from labeler.handlers.idempotency import DuplicateInProgress
-from labeler.logic.pipeline import Deadline, Services, process_manifest
+from labeler.logic.pipeline import Deadline, InvocationTally, Services, process_manifest
 from labeler.models.records import ManifestRef
-from labeler.observability import logger, metrics, tracer
+from labeler.observability import logger, metrics, publish_entry_metrics, tracer
 
 
 # Not Powertools' S3Event: importing its data_classes package loads every event class it knows
@@ -40,18 +43,15 @@ def manifest_ref(record: dict[str, Any]) -> ManifestRef:
     )
 
 
-def publish_metrics(report: dict[str, Any]) -> None:
-    metrics.add_metric(name="ImagesSucceeded", unit=MetricUnit.Count, value=report.get("succeeded", 0))
-    metrics.add_metric(name="ImagesFailed", unit=MetricUnit.Count, value=report.get("failed", 0))
-    metrics.add_metric(name="LabelsFromCache", unit=MetricUnit.Count, value=report.get("labels_from_cache", 0))
+def label_manifest(
+    services: Services, ref: ManifestRef, deadline: Deadline, counted: InvocationTally
+) -> dict[str, Any]:
+    """Process one manifest (inline or fanned out) and return the summary the handler answers with."""
+    report = process_manifest(
+        services, ref, deadline, fan_out=fan_out_on_demand(services.settings), on_outcome=counted.add
+    )
     if "error" in report:
         metrics.add_metric(name="ManifestsRejected", unit=MetricUnit.Count, value=1)
-
-
-def label_manifest(services: Services, ref: ManifestRef, deadline: Deadline) -> dict[str, Any]:
-    """Process one manifest (inline or fanned out) and return the summary the handler answers with."""
-    report = process_manifest(services, ref, deadline, fan_out=fan_out_on_demand(services.settings))
-    publish_metrics(report)
     return {key: report[key] for key in ("manifest", "status", "total", "succeeded", "failed")}
 
 
@@ -65,25 +65,27 @@ def handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
     services = get_services()
     once = get_once()
     once.register_context(context)
-    deadline = Deadline(context.get_remaining_time_in_millis, services.settings.deadline_margin_ms)
+    deadline = Deadline.for_invocation(context.get_remaining_time_in_millis())
+    counted = InvocationTally()
     summaries: list[dict[str, Any]] = []
     failures: list[Exception] = []
-    for record in event["Records"]:
-        if record.get("eventSource") != "aws:s3":
-            logger.warning("not an S3 record, ignored", extra={"event_source": record.get("eventSource")})
-            continue
-        ref = manifest_ref(record)
-        logger.append_keys(manifest=f"s3://{ref.bucket}/{ref.key}")
-        try:
-            summary = once.run_once(ref.to_dict(), partial(label_manifest, services, ref, deadline))
-        except DuplicateInProgress:
-            continue  # its twin writes the records and the report
-        except Exception as exc:  # finish the other records first; then fail so S3 retries this event
-            logger.exception("manifest not finished; the event will be retried")
-            failures.append(exc)
-            continue
-        summaries.append(summary)
-        logger.info("manifest done", extra={"report": summary})
+    try:
+        for record in event["Records"]:
+            if record.get("eventSource") != "aws:s3":
+                logger.warning("not an S3 record, ignored", extra={"event_source": record.get("eventSource")})
+                continue
+            ref = manifest_ref(record)
+            logger.append_keys(manifest=f"s3://{ref.bucket}/{ref.key}")
+            try:
+                summary = once.run_once(ref.to_dict(), partial(label_manifest, services, ref, deadline, counted))
+            except Exception as exc:  # finish the other records first; then fail so that S3 retries this event
+                logger.exception("manifest not finished; the event will be retried")
+                failures.append(exc)
+                continue
+            summaries.append(summary)
+            logger.info("manifest done", extra={"report": summary})
+    finally:
+        publish_entry_metrics(counted.tally)
     if failures:
         raise failures[0]
     return {"manifests": summaries}

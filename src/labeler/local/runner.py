@@ -284,8 +284,7 @@ class S3EventQueue:
 # --- reading what the handler wrote ---------------------------------------------------------------
 def manifest_locations(bucket: str, key: str) -> tuple[str, str]:
     """(results prefix, report key) of the manifest ``s3://bucket/key`` in the output bucket."""
-    from labeler.logic.keys import report_key
-    from labeler.logic.pipeline import results_prefix
+    from labeler.logic.keys import report_key, results_prefix
     from labeler.models.records import ManifestRef
 
     ref = ManifestRef(bucket=bucket, key=key)

@@ -26,9 +26,7 @@ from labeler.observability import logger
 
 
 class JsonStore(Protocol):
-    def put_json(
-        self, key: str, document: dict[str, Any], metadata: dict[str, str] | None = None, *, if_absent: bool = False
-    ) -> bool: ...
+    def put_json(self, key: str, document: dict[str, Any], metadata: dict[str, str] | None = None) -> None: ...
 
     def get_json(self, key: str) -> dict[str, Any] | None: ...
 

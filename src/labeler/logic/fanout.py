@@ -1,35 +1,45 @@
 """Fan-out for large manifests: split into SQS work batches, label them in workers, report once.
 
-The manifest is streamed (never loaded whole), cut into batches of ``BATCH_SIZE`` entries sent
-with ``SendMessageBatch``; rejected entries (bad shape, duplicate ids) are recorded by the
-splitter itself. Every worker counts its finished batch exactly once in the progress table;
-the last one to finish (or the splitter, if workers were faster) writes the final report.
-
-Batch numbering is deterministic, so a redelivered S3 event re-sends the same batches and
-nothing is counted twice; entries already recorded are skipped by the pipeline.
+* **Split** (manifest function): the manifest is streamed (never loaded whole) and cut into batches
+  of ``BATCH_SIZE`` entries, rejected ones included (the worker writes their error records, so
+  error records have one writer), sent with ``SendMessageBatch``. Batch numbering is
+  deterministic, and the run's progress item keeps a cursor, saved after each call: a retried
+  split (the deadline came, SQS failed) parses again but sends only what is missing. A batch sent
+  twice is harmless: batches are counted once and records are guarded.
+* **Work** (worker function): a batch's entries go through the pipeline like an inline
+  manifest's, then the batch is counted exactly once (:mod:`labeler.adapters.progress`). On its
+  last delivery a batch is not labeled at all: :meth:`FanOut.give_up` records what is unfinished
+  as ``batch_failed`` and counts the batch, so a run never stays ``in_progress`` for good.
+* **Report**: whoever sees every batch counted (a worker, or the splitter if the workers were
+  faster) writes the final report from the counters (:func:`~labeler.logic.pipeline.finish_run`:
+  idempotent, guarded, and the run's end hook is called once after it is stored). A failed write
+  leaves nothing marked: the next delivery writes it.
 """
 
 from __future__ import annotations
 
-import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from itertools import chain
 from typing import Any
 
 from labeler.adapters.progress import ProgressTable
 from labeler.adapters.queue import WorkQueue
-from labeler.logic.keys import manifest_slug, report_key
+from labeler.logic.keys import run_key
 from labeler.logic.pipeline import (
     Deadline,
+    DeadlineReached,
+    EntryOutcome,
+    ResultWriteFailed,
     RunResult,
     Services,
+    finish_run,
     process_entries,
-    record_rejected,
-    results_prefix,
+    record_error,
+    superseded_summary,
 )
-from labeler.logic.report import Tally, build_report, utc_now
-from labeler.models.errors import ManifestError
+from labeler.logic.report import RunState, Tally, publish_report
+from labeler.models.errors import BatchFailed, LabelerError, ManifestError
 from labeler.models.records import EntryItem, ManifestEntry, ManifestRef, RejectedEntry
 from labeler.observability import logger
 
@@ -38,44 +48,46 @@ class MalformedWorkBatch(ValueError):
     """A queue message that is not a work batch: it cannot be attributed to any manifest."""
 
 
+def _entry_message(item: EntryItem) -> dict[str, Any]:
+    message: dict[str, Any] = {"index": item.index, "image_id": item.image_id, "url": item.url}
+    if not item.id_given:
+        message["id_given"] = False
+    if isinstance(item, RejectedEntry):
+        message["error"] = item.error.to_dict()
+    return message
+
+
+def _entry_from_message(message: dict[str, Any]) -> EntryItem:
+    index, image_id, id_given = int(message["index"]), str(message["image_id"]), bool(message.get("id_given", True))
+    if "error" in message:
+        url = message.get("url")
+        error = LabelerError.from_dict(message["error"])
+        return RejectedEntry(index, image_id, None if url is None else str(url), error, id_given=id_given)
+    return ManifestEntry(index=index, image_id=image_id, url=str(message["url"]), id_given=id_given)
+
+
 @dataclass(frozen=True)
 class WorkBatch:
-    """One SQS message: up to ``BATCH_SIZE`` entries of one manifest run."""
+    """One SQS message: up to ``BATCH_SIZE`` entries of one manifest run (rejected ones included)."""
 
     manifest: ManifestRef
     batch_index: int
-    entries: tuple[ManifestEntry, ...]
+    entries: tuple[EntryItem, ...]
 
     def to_message(self) -> dict[str, Any]:
         return {
             "manifest": self.manifest.to_dict(),
             "batch_index": self.batch_index,
-            "entries": [{"index": e.index, "image_id": e.image_id, "url": e.url} for e in self.entries],
+            "entries": [_entry_message(entry) for entry in self.entries],
         }
 
     @classmethod
     def from_message(cls, body: Any) -> WorkBatch:
         try:
-            manifest = body["manifest"]
-            ref = ManifestRef(
-                bucket=str(manifest["bucket"]),
-                key=str(manifest["key"]),
-                etag=manifest.get("etag"),
-                version_id=manifest.get("version_id"),
-                sequencer=manifest.get("sequencer"),
-            )
-            entries = tuple(
-                ManifestEntry(index=int(e["index"]), image_id=str(e["image_id"]), url=str(e["url"]))
-                for e in body["entries"]
-            )
-            return cls(manifest=ref, batch_index=int(body["batch_index"]), entries=entries)
+            entries = tuple(_entry_from_message(entry) for entry in body["entries"])
+            return cls(ManifestRef.from_dict(body["manifest"]), int(body["batch_index"]), entries)
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
             raise MalformedWorkBatch(f"not a work batch: {exc!r}") from exc
-
-
-def run_key(manifest: ManifestRef) -> str:
-    """Identifies one run: the manifest object and the upload of it that triggered the run."""
-    return f"{manifest_slug(manifest.bucket, manifest.key)}#{manifest.run_id or '-'}"
 
 
 @dataclass
@@ -85,118 +97,120 @@ class FanOut:
     progress: ProgressTable
 
     # --- splitter (manifest function) -------------------------------------------------------------
-    def split(self, manifest: ManifestRef, entries: Iterator[EntryItem], head: list[EntryItem]) -> dict[str, Any]:
-        """Send every entry to the queue in batches; returns the report as it stands."""
-        started_at, t0 = utc_now(), time.perf_counter()
-        rejected = Tally()
-        manifest_error: ManifestError | None = None
-        batch_count = 0
+    def split(
+        self, manifest: ManifestRef, entries: Iterator[EntryItem], head: list[EntryItem], deadline: Deadline
+    ) -> dict[str, Any]:
+        """Send the entries not sent yet to the queue in batches; returns the report as it stands.
 
-        def batches() -> Iterator[dict[str, Any]]:
-            nonlocal batch_count, manifest_error
-            size = self.services.settings.batch_size
-            pending: list[ManifestEntry] = []
-            try:
-                for item in chain(head, entries):
-                    if isinstance(item, RejectedEntry):
-                        record_rejected(self.services, manifest, item).add_to(rejected)
-                        continue
-                    pending.append(item)
-                    if len(pending) == size:
-                        yield WorkBatch(manifest, batch_count, tuple(pending)).to_message()
-                        batch_count, pending = batch_count + 1, []
-            except ManifestError as exc:  # mid-stream: what was read is still labeled
-                manifest_error = exc
-            if pending:
-                yield WorkBatch(manifest, batch_count, tuple(pending)).to_message()
-                batch_count += 1
-
-        self.queue.send_all(batches())
-        plan = {
-            "rejected": rejected.to_dict(),
-            "error": manifest_error.to_dict() if manifest_error else None,
-            "started_at": started_at,
-            "split_ms": round((time.perf_counter() - t0) * 1000, 1),
-        }
+        Raises :class:`DeadlineReached` when the deadline comes first (the retry resumes).
+        """
         key = run_key(manifest)
-        self.progress.set_plan(key, batch_count, plan)
-        logger.info("manifest fanned out", extra={"batches": batch_count, "rejected": rejected.total})
+        state = self.progress.read(key)
+        if state.batch_count is None:  # not every batch was sent yet (a first split, or a retried one)
+            batch_count, error = self._send_batches(manifest, chain(head, entries), state.cursor, deadline)
+            self.progress.set_plan(key, batch_count, {"error": error.to_dict() if error else None})
+            logger.info("manifest fanned out", extra={"batches": batch_count, "resumed_at": state.cursor})
         final = self.maybe_finalize(manifest)
         if final is not None:
             return final
-        return self._write_report(manifest, self.progress.read(key), status="in_progress")
+        state = self.progress.read(key)
+        batches = {"count": state.batch_count or 0, "done": state.batches_done}
+        published = publish_report(
+            self.services.store, manifest, RunState(state.tally, "in_progress", "fanout", None, batches)
+        )
+        return superseded_summary(manifest, state.tally) if published.superseded else published.report
+
+    def _send_batches(
+        self, manifest: ManifestRef, items: Iterable[EntryItem], cursor: int, deadline: Deadline
+    ) -> tuple[int, ManifestError | None]:
+        """Send batches ``cursor``… of ``items``; (how many batches the run has, the manifest's own error)."""
+        size = self.services.settings.batch_size
+        key = run_key(manifest)
+        found: dict[str, Any] = {"count": 0, "error": None, "stopped": False}
+
+        def batch(entries: list[EntryItem]) -> dict[str, Any] | None:
+            index = found["count"]
+            found["count"] += 1
+            return WorkBatch(manifest, index, tuple(entries)).to_message() if index >= cursor else None
+
+        def messages() -> Iterator[dict[str, Any]]:
+            pending: list[EntryItem] = []
+            try:
+                for item in items:
+                    pending.append(item)
+                    if len(pending) < size:
+                        continue
+                    if deadline.expired():  # checked between batches: what is sent stays sent
+                        found["stopped"] = True
+                        return
+                    message, pending = batch(pending), []
+                    if message is not None:
+                        yield message
+            except ManifestError as exc:  # mid-stream: what was read is still labeled
+                found["error"] = exc
+            if pending and (message := batch(pending)) is not None:
+                yield message
+
+        self.queue.send_all(messages(), on_sent=lambda sent: self.progress.save_cursor(key, cursor + sent))
+        if found["stopped"]:
+            raise DeadlineReached(f"split stopped at batch {found['count']}: the deadline is near; the retry resumes")
+        return found["count"], found["error"]
 
     # --- worker ---------------------------------------------------------------------------------------
     def process_batch(
-        self, batch: WorkBatch, deadline: Deadline | None = None, *, check_existing: bool = True
+        self,
+        batch: WorkBatch,
+        deadline: Deadline | None = None,
+        on_outcome: Callable[[EntryOutcome], None] | None = None,
     ) -> RunResult:
-        """Label one batch and count it. Raises so that SQS delivers the message again when unfinished.
-
-        ``check_existing=False`` (a first delivery) skips the per-entry look for an earlier record.
-        """
-        from labeler.logic.pipeline import DeadlineReached, ResultWriteFailed
-
-        result = process_entries(self.services, batch.manifest, batch.entries, deadline, check_existing=check_existing)
+        """Label one batch and count it. Raises so that SQS delivers the message again when unfinished."""
+        result = process_entries(self.services, batch.manifest, batch.entries, deadline, on_outcome)
         if result.write_failures:
             raise ResultWriteFailed(f"{len(result.write_failures)} record(s) not written: {result.write_failures[0]}")
-        if result.stopped_early:
-            raise DeadlineReached(f"batch {batch.batch_index}: deadline near, {len(result.unstarted)} left for retry")
-        self.complete_batch(batch.manifest, batch.batch_index, result.tally)
+        if result.stopped_early and not result.superseded:
+            raise DeadlineReached(f"batch {batch.batch_index}: deadline near, entries left for the retry")
+        self.complete_batch(batch, result.tally)
         return result
 
-    def complete_batch(self, manifest: ManifestRef, batch_index: int, tally: Tally) -> None:
-        counted = self.progress.record_batch(run_key(manifest), batch_index, tally)
-        if not counted:
-            logger.info("batch was already counted (redelivery)", extra={"batch_index": batch_index})
-        self.maybe_finalize(manifest)
+    def note_failure(self, batch: WorkBatch, exc: BaseException) -> None:
+        """Remember why this delivery failed, for the reason its last delivery gives (best effort)."""
+        try:
+            self.progress.note_failure(run_key(batch.manifest), batch.batch_index, f"{type(exc).__name__}: {exc}")
+        except Exception:
+            logger.warning("cannot note why the batch failed", exc_info=True)
 
-    def fail_batch(self, batch: WorkBatch, reason: str) -> Tally:
-        """Give up on a batch (its last delivery): every entry without a record gets an error record."""
-        from labeler.logic.pipeline import label_entry_failed
-
+    def give_up(
+        self, batch: WorkBatch, deliveries: int, on_outcome: Callable[[EntryOutcome], None] | None = None
+    ) -> str:
+        """A batch's last delivery: label nothing; every entry without a record of this run gets its error
+        record (``batch_failed``, or a rejected entry's own error), and the batch is counted. Returns the reason."""
+        last = self.progress.last_failure(run_key(batch.manifest), batch.batch_index)
+        reason = f"batch {batch.batch_index} was not finished in {deliveries - 1} deliveries; " + (
+            f"the last one failed with {last}" if last else "the last one was killed or timed out"
+        )
         tally = Tally()
-        for entry in batch.entries:
-            label_entry_failed(self.services, batch.manifest, entry, reason).add_to(tally)
-        self.complete_batch(batch.manifest, batch.batch_index, tally)
-        return tally
+        for item in batch.entries:
+            error = item.error if isinstance(item, RejectedEntry) else BatchFailed(reason[:500])
+            outcome = record_error(self.services, batch.manifest, item, error)
+            outcome.add_to(tally)
+            if on_outcome is not None:
+                on_outcome(outcome)
+        self.complete_batch(batch, tally)
+        return reason
+
+    def complete_batch(self, batch: WorkBatch, tally: Tally) -> None:
+        if not self.progress.record_batch(run_key(batch.manifest), batch.batch_index, tally):
+            logger.info("batch was already counted (redelivery)", extra={"batch_index": batch.batch_index})
+        self.maybe_finalize(batch.manifest)
 
     # --- report ------------------------------------------------------------------------------------------
     def maybe_finalize(self, manifest: ManifestRef) -> dict[str, Any] | None:
-        key = run_key(manifest)
-        progress = self.progress.read(key)
-        if progress.batch_count is None or progress.batches_done < progress.batch_count:
+        """The final report, once every batch is counted (written again by each caller: it is idempotent)."""
+        state = self.progress.read(run_key(manifest))
+        if state.batch_count is None or state.batches_done < state.batch_count:
             return None
-        if progress.batch_count > 0 and not self.progress.claim_finalization(key):
-            return None
-        status = "partial" if progress.plan.get("error") else "complete"
-        return self._write_report(manifest, progress, status=status)
-
-    def _write_report(self, manifest: ManifestRef, progress: Any, *, status: str) -> dict[str, Any]:
-        tally = Tally()
-        tally.merge(progress.tally)
-        tally.merge(Tally.from_dict(progress.plan.get("rejected", {})))
-        started_at = progress.plan.get("started_at") or utc_now()
-        report = build_report(
-            manifest,
-            tally,
-            status=status,
-            results_prefix=results_prefix(manifest),
-            started_at=started_at,
-            duration_ms=_elapsed_ms(started_at),
-            mode="fanout",
-            extra={"batches": {"count": progress.batch_count, "done": progress.batches_done}},
+        error = state.plan.get("error")
+        batches = {"count": state.batch_count, "done": state.batches_done}
+        return finish_run(
+            self.services, manifest, RunState(state.tally, "partial" if error else "complete", "fanout", error, batches)
         )
-        if progress.plan.get("error"):
-            report["error"] = progress.plan["error"]
-        self.services.store.put_json(report_key(manifest), report)
-        return report
-
-
-def _elapsed_ms(started_at: str) -> float:
-    from datetime import UTC, datetime
-
-    try:
-        started = datetime.fromisoformat(started_at.replace("Z", "+00:00"))
-    except ValueError:
-        return 0.0
-    return (datetime.now(UTC) - started).total_seconds() * 1000

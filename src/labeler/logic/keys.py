@@ -2,8 +2,9 @@
 
 Layout of the output bucket::
 
-    results/<manifest-slug>/<id>.json            one record per manifest entry
-    results/<manifest-slug>/<id>~dup<index>.json the record of a later entry that repeated an id
+    results/<manifest-slug>/<id>.json            one record per manifest entry with an id of its own
+    results/<manifest-slug>/~<id>.json           ... whose id was generated (derived from its URL)
+    results/<manifest-slug>/<id>~dup<index>.json the record of a rejected entry (a repeated id, a bad shape)
     reports/<manifest-slug>.json                 one report per manifest
     cache/…  state/…                             label cache, run state (see cache.py)
 
@@ -13,8 +14,9 @@ Guarantees (tested in ``tests/unit/test_keys.py``):
   instead of duplicating;
 * **injective**: different ids (or manifests) give different keys. Ids are percent-encoded byte
   by byte, which is reversible; ``~`` is never produced by the encoding, so it is free to mark
-  what is *not* the id itself (``~<hash>`` after a shortened text, ``~dup<n>``, ``~empty``);
-  only shortened texts rely on a hash (64 bits of SHA-256);
+  what is *not* the id itself (``~<hash>`` after a shortened text, ``~dup<n>``, ``~empty``, and a
+  leading ``~`` for a generated id, so that it never takes the key of a user's id of the same
+  text); only shortened texts rely on a hash (64 bits of SHA-256);
 * **contained**: whatever an id holds (``../``, ``/``, NUL, newlines, RTL marks, 10,000
   characters), it stays one path segment under its manifest's prefix, never ``.`` or ``..``;
 * **bounded**: every key is at most 1,024 bytes of UTF-8 (the S3 limit), whatever the bucket,
@@ -32,13 +34,15 @@ Guarantees (tested in ``tests/unit/test_keys.py``):
 'results/my-input/manifests/cats.json~18d58565eadf85a4/..%2F..%2Fetc%2Fpasswd.json'
 >>> result_key(m, "cat-1", duplicate_index=7)
 'results/my-input/manifests/cats.json~18d58565eadf85a4/cat-1~dup7.json'
+>>> result_key(m, "url-777460dbe029a0d171d0", generated=True)
+'results/my-input/manifests/cats.json~18d58565eadf85a4/~url-777460dbe029a0d171d0.json'
 """
 
 from __future__ import annotations
 
 import hashlib
 
-from labeler.models.records import ManifestRef
+from labeler.models.records import EntryItem, ManifestRef, RejectedEntry
 
 RESULTS_PREFIX = "results/"
 REPORTS_PREFIX = "reports/"
@@ -49,8 +53,8 @@ STATE_PREFIX = "state/"
 S3_MAX_KEY_BYTES = 1024
 # The longest id segment (before ``~dup<n>`` and ``.json``).
 ID_SEGMENT_MAX_BYTES = 200
-# The longest manifest slug. With the prefixes, an id segment, ``~dup`` + 20 digits and
-# ``.json``, every key stays well within S3_MAX_KEY_BYTES (8 + 512 + 1 + 200 + 24 + 5 = 750).
+# The longest manifest slug. With the prefixes, ``~`` (generated ids), an id segment, ``~dup`` + 20
+# digits and ``.json``, every key stays well within S3_MAX_KEY_BYTES (8 + 512 + 2 + 200 + 24 + 5 = 751).
 SLUG_MAX_BYTES = 512
 # Hex digits of SHA-256 appended to a shortened text (and to every slug).
 HASH_HEX_DIGITS = 16
@@ -157,23 +161,57 @@ def manifest_slug(bucket: str, key: str) -> str:
     return readable + suffix
 
 
-def result_key(manifest: ManifestRef, image_id: str, duplicate_index: int | None = None) -> str:
+def result_key(
+    manifest: ManifestRef, image_id: str, duplicate_index: int | None = None, *, generated: bool = False
+) -> str:
     """The key of the record of entry ``image_id`` of ``manifest``: ``results/<slug>/<safe id>.json``.
 
-    ``duplicate_index`` (the entry's index) is given for a later entry that repeated an id: its
-    record goes next to the first one's, as ``<safe id>~dup<index>.json``.
+    ``duplicate_index`` (the entry's index) is given for a rejected entry (a later entry that repeated
+    an id, or a broken one): its record goes next to the id's, as ``<safe id>~dup<index>.json``.
+    ``generated``: the id was made up, not given; its segment starts with ``~``, which no given id's does.
 
     >>> m = ManifestRef("in", "a.json")
     >>> result_key(m, "a"), result_key(m, "a", duplicate_index=3)
     ('results/in/a.json~a7dec169ee2be8dd/a.json', 'results/in/a.json~a7dec169ee2be8dd/a~dup3.json')
     """
     segment = safe_key_segment(image_id)
+    if generated:
+        segment = "~" + segment
     if duplicate_index is not None:
         index = int(duplicate_index)
         if index < 0:
             raise ValueError(f"duplicate_index must not be negative, not {duplicate_index}")
         segment += f"~dup{index}"
     return f"{RESULTS_PREFIX}{manifest_slug(manifest.bucket, manifest.key)}/{segment}.json"
+
+
+def entry_key(manifest: ManifestRef, item: EntryItem) -> str:
+    """The key of the record of a manifest entry: by its id, and a rejected entry also by its position.
+
+    >>> from labeler.models.records import ManifestEntry
+    >>> entry_key(ManifestRef("in", "a.json"), ManifestEntry(0, "url-1f", "https://e.com/", id_given=False))
+    'results/in/a.json~a7dec169ee2be8dd/~url-1f.json'
+    """
+    duplicate_index = item.index if isinstance(item, RejectedEntry) else None
+    return result_key(manifest, item.image_id, duplicate_index, generated=not item.id_given)
+
+
+def results_prefix(manifest: ManifestRef) -> str:
+    """The prefix of every record of ``manifest``: ``results/<slug>/``.
+
+    >>> results_prefix(ManifestRef("in", "a.json"))
+    'results/in/a.json~a7dec169ee2be8dd/'
+    """
+    return f"{RESULTS_PREFIX}{manifest_slug(manifest.bucket, manifest.key)}/"
+
+
+def run_key(manifest: ManifestRef) -> str:
+    """Identifies one run: the manifest object and the upload of it that triggered the run.
+
+    >>> run_key(ManifestRef("in", "a.json", version_id="v1"))
+    'in/a.json~a7dec169ee2be8dd#v1'
+    """
+    return f"{manifest_slug(manifest.bucket, manifest.key)}#{manifest.run_id or '-'}"
 
 
 def report_key(manifest: ManifestRef) -> str:

@@ -10,8 +10,9 @@ Accepted forms (README, "Manifests"):
 
 * one object ``{"url": ..., "id": ...}``; a list of such objects, of URL strings, or both;
   ``{"images": [...]}`` (other top-level keys are ignored; ``images`` wins over ``url``; a second
-  ``images`` key: the last wins when read whole, invalid when streamed);
-* JSON Lines: one object or JSON string per line; blank lines skipped; CRLF fine;
+  ``images`` key makes the manifest invalid);
+* JSON Lines: one object or JSON string per line; blank lines (whitespace only, however long)
+  skipped; CRLF fine. A body of a single value is that JSON document, not JSON Lines;
 * a UTF-8 byte order mark; trailing commas; hand-written JavaScript style (unquoted keys,
   single quotes, comments) through ``json5``.
 
@@ -19,6 +20,8 @@ How a body is read:
 
 * Leading whitespace is skipped as it is read (never buffered): a body of nothing but
   whitespace, however large, is ``manifest_empty`` in bounded memory.
+* The answer for a body does not depend on its size, except that the lenient forms (trailing
+  commas, JSON5) are only accepted where noted below.
 * A body of at most ``SMALL_BODY_BYTES`` (8 MiB) is read whole and tried as strict JSON
   (up to ``MAX_TRAILING_COMMA_FIXES`` trailing commas removed where the JSON parser stops at
   them), then as JSON Lines (when its first line is a JSON object or string), then, up to
@@ -27,10 +30,13 @@ How a body is read:
 * A larger body is streamed strictly (no trailing commas, comments or JSON5), in bounded memory:
   a ``[`` body, or a ``{`` body whose first line is not a complete object (other than
   ``{"images": …}``), with ``ijson`` (the yajl C backend, entries reduced to their ``url`` and
-  ``id`` as they are read, nothing nested is built); anything else line by line as JSON Lines
-  (a line longer than ``MAX_LINE_BYTES`` is a rejected entry, never buffered). There, yajl
+  ``id`` as they are read, nothing nested is built); anything else line by line as JSON Lines.
+  There, yajl
   parses numbers itself: one beyond a 64-bit integer or a double, anywhere, is a syntax error.
   A syntax error found part-way comes after the entries before it.
+* JSON Lines are read by one reader at any size: runs of blank lines are skipped at C speed,
+  whitespace around a line's text is never buffered, and a line whose text is longer than
+  ``MAX_LINE_BYTES`` (8 MiB) is a rejected entry, never buffered.
 * Line and column numbers in messages count from the start of the body, skipped whitespace
   included.
 
@@ -46,11 +52,13 @@ Entries:
 * Anything else (a number, ``null``, a nested list, an object without a usable ``url`` or with a
   bad ``id``, a JSON Lines line that is not JSON) is a :class:`RejectedEntry` with
   ``invalid_entry``. Its ``image_id`` is its valid ``id`` when it has one, otherwise
-  ``entry-<index>`` (with ``-1``, ``-2``… appended if an earlier entry took that id).
+  ``entry-<index>`` (``id_given=False``).
 * Ids are unique per manifest: the first entry with an id wins, later ones are rejected with
   ``duplicate_id`` (``first_index`` in the error), even when they are broken otherwise; an
   entry rejected as invalid keeps its id taken. Two entries of the same URL without ids share
-  the derived id: the later one is a duplicate. Duplicates are found with a table of 16-byte
+  the derived id: the later one is a duplicate. Generated ids (derived, ``entry-<index>``) never
+  make a given id a duplicate: derived ids are kept apart from given ones, ``entry-<index>`` is
+  kept nowhere (its record is keyed by position). Duplicates are found with tables of 16-byte
   BLAKE2b digests (about 50 bytes per id).
 * ``id`` or ``url`` holding a lone surrogate (``"\\ud800"``) is invalid: no record could hold it
   (streamed, yajl has already turned it into ``?``).
@@ -63,8 +71,9 @@ otherwise; a top-level scalar, a lone JSON string included; an object with neith
 nor ``images``; ``images`` not a list), ``manifest_empty`` (nothing but whitespace, ``[]``,
 ``{"images": []}``), ``manifest_too_large`` (counted while reading, raised by the first read
 past ``max_bytes``; at once for ``bytes``), ``manifest_too_many_entries`` (when entry
-``max_entries + 1`` is met; rejected entries count), ``manifest_unreadable`` (the source's
-``read`` raised: the exception is the ``__cause__``).
+``max_entries + 1`` is met; rejected entries count). When the source's ``read`` raises, that is not
+the manifest's fault: :class:`~labeler.models.errors.ManifestReadInterrupted` (not a
+``ManifestError``; the exception is the ``__cause__``) tells the caller to read it again later.
 
 >>> [e.image_id for e in parse_manifest(b'[{"url": "https://example.com/a.jpg", "id": "a"}, "https://example.com/b.png"]')]
 ['a', 'url-200d8de414eb18988c84']
@@ -77,6 +86,7 @@ from __future__ import annotations
 import codecs
 import hashlib
 import json
+import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any, BinaryIO
@@ -88,9 +98,9 @@ from labeler.models.errors import (
     ManifestEmpty,
     ManifestError,
     ManifestInvalid,
+    ManifestReadInterrupted,
     ManifestTooLarge,
     ManifestTooManyEntries,
-    ManifestUnreadable,
 )
 from labeler.models.records import ManifestEntry, RejectedEntry
 
@@ -107,6 +117,7 @@ READ_CHUNK_BYTES = 256 * 1024
 
 _JSON_WHITESPACE = b" \t\r\n"
 _JSON_WHITESPACE_STR = " \t\r\n"
+_NON_BLANK = re.compile(rb"[^ \t\r\n]")
 _ENTRY_KEYS = ("url", "id")
 _STARTS = frozenset(("start_map", "start_array"))
 _ENDS = frozenset(("end_map", "end_array"))
@@ -153,13 +164,12 @@ class _Body:
             data = self._read(READ_CHUNK_BYTES)
         except ManifestError:
             raise
-        except Exception as exc:
-            raise ManifestUnreadable(
-                f"cannot read the manifest (after {self.offset} bytes): {type(exc).__name__}: {exc}"[:1000],
-                byte=self.offset,
+        except Exception as exc:  # a broken stream is not the manifest's fault: the retry reads it again
+            raise ManifestReadInterrupted(
+                f"reading the manifest failed after {self.offset} bytes: {type(exc).__name__}: {exc}"[:1000]
             ) from exc
         if data is None:  # a non-blocking stream with nothing yet: botocore never does this
-            raise ManifestUnreadable(f"the manifest stream returned no data after {self.offset} bytes")
+            raise ManifestReadInterrupted(f"the manifest stream returned no data after {self.offset} bytes")
         return bytes(data)
 
     def read(self) -> bytes:
@@ -392,12 +402,14 @@ def _check_id(raw: Any) -> tuple[str | None, str | None]:
 
 
 class _Entries:
-    """Turns raw values into entries: numbering, the entry rules, the id table, the entry limit."""
+    """Turns raw values into entries: numbering, the entry rules, the id tables, the entry limit."""
 
     def __init__(self, max_entries: int) -> None:
         self.max_entries = max_entries
         self.count = 0
-        self._ids = _IdTable()
+        # Given ids and ids derived from URLs are apart: a derived id never makes a given one a duplicate.
+        self._given = _IdTable()
+        self._derived = _IdTable()
 
     def make(self, raw: Any) -> ManifestEntry | RejectedEntry:
         index = self.count
@@ -426,7 +438,7 @@ class _Entries:
         if image_id is None and problem is None and url is not None:
             image_id = derive_image_id(url)
         if image_id is not None:
-            first = self._ids.add(image_id, index)
+            first = (self._given if id_given else self._derived).add(image_id, index)
             if first is not None:
                 return RejectedEntry(
                     index=index,
@@ -436,21 +448,19 @@ class _Entries:
                         f"duplicate id {_printable(image_id)[:100]!r}: entry {first} has it already (the first wins)",
                         first_index=first,
                     ),
+                    id_given=id_given,
                 )
         if problem is not None:
-            if image_id is None:
-                image_id = self._fresh_id(index)
-            return RejectedEntry(index=index, image_id=image_id, url=url, error=InvalidEntry(problem, **details))
+            # A made-up id takes no one's place: it is in no table, and its key is its own (keys.entry_key).
+            return RejectedEntry(
+                index=index,
+                image_id=image_id if image_id is not None else f"entry-{index}",
+                url=url,
+                error=InvalidEntry(problem, **details),
+                id_given=id_given,
+            )
         assert url is not None and image_id is not None
         return ManifestEntry(index=index, image_id=image_id, url=url, id_given=id_given)
-
-    def _fresh_id(self, index: int) -> str:
-        """``entry-<index>``, or ``entry-<index>-<n>`` if an entry took that id: two records never share a key."""
-        candidate, n = f"entry-{index}", 0
-        while self._ids.add(candidate, index) is not None:
-            n += 1
-            candidate = f"entry-{index}-{n}"
-        return candidate
 
     def all(self, raws: Iterable[Any]) -> Iterator[ManifestEntry | RejectedEntry]:
         for raw in raws:
@@ -494,17 +504,29 @@ def _without_trailing_comma(text: str, exc: json.JSONDecodeError) -> str | None:
     return text[:comma] + " " + text[comma + 1 :]  # a space: lines and columns of later errors stay right
 
 
-def _loads_strict(text: str) -> Any:
+def _loads_strict(text: str, **options: Any) -> Any:
     """``json.loads``, forgiving trailing commas (where the JSON parser itself finds them)."""
     for _ in range(MAX_TRAILING_COMMA_FIXES + 1):
         try:
-            return json.loads(text)
+            return json.loads(text, **options)
         except json.JSONDecodeError as exc:
             fixed = _without_trailing_comma(text, exc)
             if fixed is None:
                 raise
             text = fixed
-    return json.loads(text)
+    return json.loads(text, **options)
+
+
+def _images_repeated(text: str) -> bool:
+    """Whether the top-level object of ``text`` (valid, strict JSON) has the key ``images`` twice."""
+    last = [0]
+
+    def count_images(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+        last[0] = sum(1 for key, _ in pairs if key == "images")  # the top-level object closes last
+        return dict(pairs)
+
+    _loads_strict(text, object_pairs_hook=count_images)
+    return last[0] > 1
 
 
 def _loads_line(line: str, lenient: bool) -> Any:
@@ -528,17 +550,6 @@ def _loads_line(line: str, lenient: bool) -> Any:
 def _line_error(number: int, exc: ValueError) -> _BadLine:
     reason = f"{exc.msg} at column {exc.colno}" if isinstance(exc, json.JSONDecodeError) else str(exc)
     return _BadLine(f"line {number} is not valid JSON: {reason[:200]}", number)
-
-
-def _line_values(text: str, lenient: bool, origin: _Origin) -> Iterator[Any]:
-    """Values of the non-blank lines of ``text`` (JSON Lines), a :class:`_BadLine` for each broken one."""
-    for number, line in enumerate(text.split("\n"), start=1 + origin.lines):
-        if not line.strip(_JSON_WHITESPACE_STR):
-            continue
-        try:
-            yield _loads_line(line, lenient)
-        except ValueError as exc:
-            yield _line_error(number, exc)
 
 
 def _first_line_value(text: str, lenient: bool) -> Any:
@@ -579,7 +590,11 @@ def _small_values(data: bytes, origin: _Origin) -> Iterable[Any]:
         raise _not_utf8(exc, exc.start) from None
     lenient = len(data) <= JSON5_MAX_BYTES
     try:
-        return _top_values(_loads_strict(text))
+        value = _loads_strict(text)
+        # Refused as when streamed (where the first list is gone by the second key): the same answer at any size.
+        if isinstance(value, dict) and "images" in value and text.count('"images"') > 1 and _images_repeated(text):
+            raise ManifestInvalid('"images" appears twice in the manifest')
+        return _top_values(value)
     except RecursionError:
         raise _too_deep() from None
     except json.JSONDecodeError as exc:
@@ -588,7 +603,7 @@ def _small_values(data: bytes, origin: _Origin) -> Iterable[Any]:
         raise ManifestInvalid(f"the manifest is not valid JSON: {str(exc)[:200]}") from None
 
     if _is_jsonl_start(_first_line_value(text, lenient=False)):
-        return _line_values(text, lenient, origin)
+        return _jsonl_values([data], lenient, origin)
     if not lenient:
         raise _syntax_error(
             strict_error, origin, hint=f" (neither JSON Lines; JSON5 is only accepted up to {JSON5_MAX_BYTES} bytes)"
@@ -604,50 +619,75 @@ def _small_values(data: bytes, origin: _Origin) -> Iterable[Any]:
     if value is not _MISSING:
         return _top_values(value)
     if _is_jsonl_start(_first_line_value(text, lenient=True)):
-        return _line_values(text, True, origin)
+        return _jsonl_values([data], True, origin)
     raise _syntax_error(strict_error, origin, hint=" (nor JSON Lines, nor JSON5)")
 
 
-# --- large bodies: streamed, strict -------------------------------------------------------------------
-def _split_lines(chunks: Iterable[bytes], first_number: int = 1) -> Iterator[tuple[int, bytes | None]]:
-    """(line number, line) of a stream of chunks; ``None`` for a line longer than MAX_LINE_BYTES."""
+# --- JSON Lines, any size ------------------------------------------------------------------------------
+def _lines(chunks: Iterable[bytes], first_number: int = 1) -> Iterator[tuple[int, bytes | None]]:
+    """(line number, line) of every line of a stream of chunks that holds more than whitespace.
+
+    Blank lines are skipped at C speed (a regular-expression search and a count per run of them,
+    never a Python step per line), and whitespace before a line's first character or after its
+    last is never buffered: only the text between them counts against ``MAX_LINE_BYTES``; a line
+    whose text is longer is ``None``.
+    """
     number = first_number
-    pending = bytearray()
-    overflow = False
+    pending = bytearray()  # the current line from its first character, while it spans chunks
+    started = False  # the current line has a character other than whitespace
+    overflow = False  # ... and its text is longer than MAX_LINE_BYTES
+    cut = False  # whitespace after its text was dropped (any more text makes it too long)
     for chunk in chunks:
-        pieces = chunk.split(b"\n")
-        for piece in pieces[:-1]:
-            if overflow or len(pending) + len(piece) > MAX_LINE_BYTES:
-                yield number, None
+        position, size = 0, len(chunk)
+        while position < size:
+            if not started:
+                found = _NON_BLANK.search(chunk, position)
+                if found is None:
+                    number += chunk.count(b"\n", position)
+                    break
+                number += chunk.count(b"\n", position, found.start())
+                position, started = found.start(), True
+            end = chunk.find(b"\n", position)
+            stop = size if end < 0 else end
+            if end >= 0 and not pending and not overflow and stop - position <= MAX_LINE_BYTES:
+                line: bytes | None = chunk[position:stop]  # the common case: the whole line in this chunk
             else:
-                pending += piece
-                yield number, bytes(pending)
-            number += 1
+                if overflow:
+                    pass
+                elif cut:
+                    overflow = _NON_BLANK.search(chunk, position, stop) is not None
+                else:
+                    pending += chunk[position:stop]
+                    if len(pending) > MAX_LINE_BYTES:
+                        text = len(pending.rstrip(_JSON_WHITESPACE))
+                        overflow, cut = text > MAX_LINE_BYTES, True
+                        del pending[text:]
+                if end < 0:
+                    break
+                line = None if overflow else bytes(pending)
+            yield number, line
+            number, position = number + 1, end + 1
             pending.clear()
-            overflow = False
-        if not overflow:
-            pending += pieces[-1]
-            if len(pending) > MAX_LINE_BYTES:
-                overflow = True
-                pending.clear()
-    if overflow:
-        yield number, None
-    elif pending:
-        yield number, bytes(pending)
+            started = overflow = cut = False
+    if started:
+        yield number, None if overflow else bytes(pending)
 
 
-def _streamed_lines(stream: _Stream, origin: _Origin) -> Iterator[Any]:
-    """The values of the lines of a streamed JSON Lines body (its first line must be an object or a string)."""
-    held: list[str] = []  # a first line that is a string: a manifest only if another line follows
+def _jsonl_values(chunks: Iterable[bytes], lenient: bool, origin: _Origin) -> Iterator[Any]:
+    """The values of the lines of a JSON Lines body (its first line must be an object or a string).
+
+    The same reader for every size (``lenient``, JSON5 per line, only for small bodies). A body of
+    one value is that JSON document, whatever its size: one object without ``url`` is
+    ``manifest_invalid``, as when it is parsed whole.
+    """
+    first: list[Any] = []  # the first value, held until a second one shows the body is JSON Lines
     seen = 0
-    for number, line in _split_lines(stream.chunks(), first_number=1 + origin.lines):
+    for number, line in _lines(chunks, first_number=1 + origin.lines):
         if line is None:
             value: Any = _BadLine(f"line {number} is longer than {MAX_LINE_BYTES} bytes", number)
-        elif not line.strip(_JSON_WHITESPACE):
-            continue
         else:
             try:
-                value = _loads_line(line.decode("utf-8"), lenient=False)
+                value = _loads_line(line.decode("utf-8"), lenient)
             except ValueError as exc:
                 value = _line_error(number, exc)
         seen += 1
@@ -658,16 +698,16 @@ def _streamed_lines(stream: _Stream, origin: _Origin) -> Iterator[Any]:
                     f"(manifests over {SMALL_BODY_BYTES} bytes must be strict JSON or JSON Lines)",
                     line=number,
                 )
-            if isinstance(value, str):
-                held.append(value)
-                continue
-        elif held:
-            yield held.pop()
+            first.append(value)
+            continue
+        if first:
+            yield first.pop()
         yield value
-    if held:  # one JSON string and nothing else: a top-level scalar, as when read whole
-        _top_values(held[0])
+    if first:  # one value and nothing else: a JSON document, as when read whole
+        yield from _top_values(first[0])
 
 
+# --- large bodies: streamed, strict -------------------------------------------------------------------
 def _skip(events: Iterator[tuple[str, Any]], depth: int) -> None:
     """Consume the rest of a container opened at nesting ``depth``."""
     level = 0
@@ -869,4 +909,4 @@ def parse_manifest(
     if as_json:
         yield from entries.all(_ijson_values(stream, body))
     else:
-        yield from entries.all(_streamed_lines(stream, origin))
+        yield from entries.all(_jsonl_values(stream.chunks(), False, origin))

@@ -1,11 +1,22 @@
-"""The pipeline: one entry is fetch → check → label → store; a manifest is its entries run concurrently.
+"""The pipeline: one entry is look → fetch → check → label → store; a manifest is its entries run concurrently.
 
 Every entry ends in exactly one result object: labels, or an error record with a stable code.
 Nothing here knows about Lambda events; handlers build a :class:`Services` and call
 :func:`process_manifest` (S3 trigger) or :func:`process_entries` (SQS work batches).
 
+One way for each job:
+
+* **one writer of records**, :func:`_store_record` (labels and errors alike, through the guard of
+  :mod:`labeler.logic.guard`), and one builder of error records, :func:`record_error`, for a
+  failed entry, a rejected entry and a given-up batch;
+* **one mechanism that finds an earlier attempt**: before an entry is labeled, its key is looked
+  at (a ``HEAD`` issued in the read-ahead pool, beside the URL-memo read): a record of the same
+  run means already done (reused, nothing downloaded), of a newer run means superseded;
+* **one report writer**, :func:`labeler.logic.report.publish_report`, and one end of a run,
+  :func:`finish_run`, which calls ``Services.on_run_finished`` once per run.
+
 >>> services = Services(settings, store, fetcher, backend, cache)          # doctest: +SKIP
->>> report = process_manifest(ManifestRef("in-bucket", "manifests/a.json"), services)  # doctest: +SKIP
+>>> report = process_manifest(services, ManifestRef("in-bucket", "manifests/a.json"))  # doctest: +SKIP
 >>> report["succeeded"] + report["failed"] == report["total"]              # doctest: +SKIP
 True
 """
@@ -13,6 +24,8 @@ True
 from __future__ import annotations
 
 import hashlib
+import math
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
@@ -23,12 +36,19 @@ from typing import Any, Protocol
 from labeler.adapters.fetch import FetchedImage, ImageFetcher, NotModified, Validators
 from labeler.adapters.images import prepare_image, reserve_memory
 from labeler.adapters.labels.base import LabelBackend
-from labeler.adapters.store import OpenedManifest
+from labeler.adapters.store import ObjectHead, OpenedManifest
 from labeler.logic.cache import CachedLabels, KeyedLocks, LabelCache, UrlMemo
-from labeler.logic.keys import RESULTS_PREFIX, manifest_slug, report_key, result_key
+from labeler.logic.guard import NOT_LOOKED, GuardedStore, Head, Verdict, guarded_put, judge
+from labeler.logic.keys import entry_key, run_key
 from labeler.logic.manifest import parse_manifest
-from labeler.logic.report import Tally, build_report, utc_now
-from labeler.models.errors import BatchFailed, InternalError, LabelerError, ManifestError
+from labeler.logic.report import RunState, Tally, publish_report, utc_now
+from labeler.models.errors import (
+    DownloadTimeout,
+    InternalError,
+    LabelerError,
+    ManifestError,
+    OutOfTime,
+)
 from labeler.models.records import EntryItem, ManifestEntry, ManifestRef, RejectedEntry, ResultRecord
 from labeler.models.settings import Settings
 from labeler.observability import logger
@@ -38,19 +58,26 @@ REKOGNITION_MAX_BYTES = 5 * 1024 * 1024
 REKOGNITION_MIN_SIDE = 80
 REKOGNITION_MAX_SIDE = 10_000
 
+# The deadline's margin: a tenth of the time the invocation started with, within these bounds.
+DEADLINE_MARGIN_FRACTION = 0.10
+DEADLINE_MIN_MARGIN_SECONDS = 0.5
+DEADLINE_MAX_MARGIN_SECONDS = 30.0
 
-class ResultStore(Protocol):
+
+class ResultStore(GuardedStore, Protocol):
     """What the pipeline needs from storage (``labeler.adapters.store.S3Store`` in production)."""
-
-    def put_json(
-        self, key: str, document: dict[str, Any], metadata: dict[str, str] | None = None, *, if_absent: bool = False
-    ) -> bool: ...
 
     def get_json(self, key: str) -> dict[str, Any] | None: ...
 
-    def head_metadata(self, key: str) -> dict[str, str] | None: ...
-
     def open_manifest(self, ref: ManifestRef) -> OpenedManifest: ...
+
+
+class RunClaims(Protocol):
+    """The part of the progress table (``labeler.adapters.progress``) that ends a run exactly once."""
+
+    def claim_finished(self, run_key: str) -> bool: ...
+
+    def release_finished(self, run_key: str) -> None: ...
 
 
 class ResultWriteFailed(RuntimeError):
@@ -61,9 +88,18 @@ class DeadlineReached(RuntimeError):
     """The Lambda deadline is near: work was stopped cleanly and the rest is left for the retry."""
 
 
+def _no_hook(report: dict[str, Any]) -> None:
+    return None
+
+
 @dataclass
 class Services:
-    """Everything the pipeline talks to, built once per container by the handler."""
+    """Everything the pipeline talks to, built once per container by the handler.
+
+    ``on_run_finished(report)`` is called exactly once per run, after its final report is stored
+    (gated by ``progress.claim_finished`` when there is a state table): the place for a
+    "run finished" event.
+    """
 
     settings: Settings
     store: ResultStore
@@ -71,17 +107,51 @@ class Services:
     backend: LabelBackend
     cache: LabelCache | None = None
     in_flight: KeyedLocks = field(default_factory=KeyedLocks)
+    progress: RunClaims | None = None
+    on_run_finished: Callable[[dict[str, Any]], None] = _no_hook
 
 
 @dataclass(frozen=True)
 class Deadline:
-    """``expired()`` once fewer than ``margin_ms`` remain (``remaining_ms`` comes from the Lambda context)."""
+    """When an invocation must stop starting work: a margin before its end (``time.monotonic()`` instants).
 
-    remaining_ms: Callable[[], int] | None = None
-    margin_ms: int = 15_000
+    The margin is 10 % of the time the invocation started with, at least 0.5 s and at most 30 s,
+    so that an invocation given little time still has most of it to work with. No entry starts
+    after ``work_ends``, each download is cut there, and DetectLabels gets it as its deadline; the
+    margin is left for writing the records of the entries in flight and the report.
+
+    >>> Deadline.for_invocation(60_000).margin_seconds, Deadline.for_invocation(900_000).margin_seconds
+    (6.0, 30.0)
+    """
+
+    work_ends: float | None = None
+    ends: float | None = None
+
+    @classmethod
+    def for_invocation(cls, remaining_ms: int | None) -> Deadline:
+        """The deadline of an invocation with ``remaining_ms`` left (``None``: no limit, e.g. local runs)."""
+        if remaining_ms is None:
+            return cls()
+        total = max(0.0, remaining_ms / 1000)
+        margin = min(DEADLINE_MAX_MARGIN_SECONDS, max(DEADLINE_MIN_MARGIN_SECONDS, total * DEADLINE_MARGIN_FRACTION))
+        now = time.monotonic()
+        return cls(work_ends=now + total - margin, ends=now + total)
+
+    @property
+    def margin_seconds(self) -> float:
+        return 0.0 if self.work_ends is None or self.ends is None else round(self.ends - self.work_ends, 3)
+
+    def seconds_left(self) -> float:
+        """Seconds until new work must stop (infinite without a limit; negative once passed)."""
+        return math.inf if self.work_ends is None else self.work_ends - time.monotonic()
 
     def expired(self) -> bool:
-        return self.remaining_ms is not None and self.remaining_ms() < self.margin_ms
+        return self.seconds_left() <= 0
+
+    def check(self, step: str) -> None:
+        """Raise :class:`OutOfTime` (the entry is left for the retry) once new work must stop."""
+        if self.expired():
+            raise OutOfTime(f"the invocation's deadline is near ({step})")
 
 
 @dataclass
@@ -91,6 +161,7 @@ class EntryOutcome:
     cached: bool = False
     not_modified: bool = False
     already_done: bool = False
+    superseded: bool = False
     download_ms: float = 0.0
     label_ms: float = 0.0
 
@@ -101,13 +172,35 @@ class EntryOutcome:
             cached=self.cached,
             not_modified=self.not_modified,
             already_done=self.already_done,
+            superseded=self.superseded,
             download_ms=self.download_ms,
             label_ms=self.label_ms,
         )
 
+    @classmethod
+    def of_existing(cls, verdict: Verdict, existing: ObjectHead) -> EntryOutcome:
+        """The outcome of an entry whose key holds a record of this run (done) or of a newer run (superseded)."""
+        if verdict is Verdict.SUPERSEDED:
+            return cls(ok=False, superseded=True)
+        ok = existing.metadata.get("status") == "ok"
+        return cls(ok=ok, code=None if ok else existing.metadata.get("code", "internal_error"), already_done=True)
 
-def results_prefix(manifest: ManifestRef) -> str:
-    return f"{RESULTS_PREFIX}{manifest_slug(manifest.bucket, manifest.key)}/"
+
+class InvocationTally:
+    """What this invocation itself finished (not found done, not superseded): the numbers for the metrics.
+
+    Thread-safe; ``add`` is given as ``on_outcome``.
+    """
+
+    def __init__(self) -> None:
+        self.tally = Tally()
+        self._lock = threading.Lock()
+
+    def add(self, outcome: EntryOutcome) -> None:
+        if outcome.already_done or outcome.superseded:
+            return
+        with self._lock:
+            outcome.add_to(self.tally)
 
 
 # --- one entry --------------------------------------------------------------------------------
@@ -123,56 +216,111 @@ class _Timings:
         return {**self.marks, "total": round((time.perf_counter() - self.started) * 1000, 1)}
 
 
-def _record_metadata(manifest: ManifestRef, index: int) -> dict[str, Any]:
-    return {"manifest": {"bucket": manifest.bucket, "key": manifest.key}, "entry_index": index}
+@dataclass(frozen=True)
+class Lookahead:
+    """What the read-ahead pool fetched for an entry while it waited: its key's ``HEAD`` and its URL memo."""
+
+    head_future: Future[ObjectHead | None] | None = None
+    memo_future: Future[UrlMemo | None] | None = None
+
+    def head(self) -> Head:
+        """The key's HEAD, or ``NOT_LOOKED`` when it failed (the conditional write then finds out)."""
+        if self.head_future is None:
+            return NOT_LOOKED
+        try:
+            return self.head_future.result()
+        except Exception:
+            logger.warning("cannot look at an entry's key; its write decides", exc_info=True)
+            return NOT_LOOKED
+
+    def memo(self) -> UrlMemo | None:
+        # get_url_memo never raises (a failed read is a miss), so neither does the read-ahead.
+        return self.memo_future.result() if self.memo_future is not None else None
+
+
+def _record_metadata(manifest: ManifestRef, item: EntryItem) -> dict[str, Any]:
+    return {"manifest": {"bucket": manifest.bucket, "key": manifest.key}, "entry_index": item.index}
 
 
 def _store_record(
-    services: Services, manifest: ManifestRef, key: str, record: ResultRecord, *, if_absent: bool = False
-) -> None:
-    status = "ok" if record.ok else "error"
-    metadata = {"status": status, "manifest-run": manifest.run_id}
+    services: Services,
+    manifest: ManifestRef,
+    item: EntryItem,
+    record: ResultRecord,
+    outcome: EntryOutcome,
+    *,
+    head: Head = NOT_LOOKED,
+    timings: _Timings | None = None,
+) -> EntryOutcome:
+    """The one writer of records: stamp, guard, write. Returns what the entry's outcome is now.
+
+    Raises :class:`ResultWriteFailed` when S3 fails (the delivery is retried).
+    """
+    record.metadata.update(_record_metadata(manifest, item))
+    if timings is not None:
+        record.metadata["timings_ms"] = timings.to_dict()
+    record.metadata["processed_at"] = utc_now()
+    metadata = {"status": "ok" if record.ok else "error"}
     if record.error is not None:
         metadata["code"] = str(record.error.code)
+    key = entry_key(manifest, item)
     try:
-        services.store.put_json(key, record.to_dict(), metadata, if_absent=if_absent)
+        written = guarded_put(services.store, key, record.to_dict(), metadata, manifest.stamp, head=head)
     except Exception as exc:
         raise ResultWriteFailed(f"cannot write {key}: {exc}") from exc
+    if written.verdict is Verdict.WRITTEN or written.existing is None:
+        return outcome
+    return EntryOutcome.of_existing(written.verdict, written.existing)
 
 
-def _already_done(services: Services, manifest: ManifestRef, key: str) -> EntryOutcome | None:
-    """A record written for this very upload of the manifest by an earlier delivery: reuse it, label nothing."""
-    version = manifest.run_id
-    if not version:
-        return None
-    try:
-        metadata = services.store.head_metadata(key)
-    except Exception:
-        logger.warning("cannot check for an existing record", extra={"key": key}, exc_info=True)
-        return None
-    if not metadata or metadata.get("manifest-run") != version:
-        return None
-    ok = metadata.get("status") == "ok"
-    return EntryOutcome(ok=ok, code=None if ok else metadata.get("code", "internal_error"), already_done=True)
+def record_error(
+    services: Services,
+    manifest: ManifestRef,
+    item: EntryItem,
+    error: LabelerError,
+    *,
+    head: Head = NOT_LOOKED,
+    timings: _Timings | None = None,
+) -> EntryOutcome:
+    """Store the error record of an entry: it failed, it was rejected by the manifest reader, or its
+    batch was given up on. The only place error records are made."""
+    record = ResultRecord(image_id=item.image_id, url=item.url, error=error)
+    outcome = EntryOutcome(ok=False, code=str(error.code))
+    return _store_record(services, manifest, item, record, outcome, head=head, timings=timings)
 
 
-def _fetch(services: Services, url: str, memo: UrlMemo | None) -> FetchedImage | NotModified:
+def _fetch(services: Services, url: str, memo: UrlMemo | None, deadline: Deadline) -> FetchedImage | NotModified:
+    """Download within ``DOWNLOAD_TIMEOUT_SECONDS`` or what is left before the deadline, if that is less."""
     validators = Validators(etag=memo.etag, last_modified=memo.last_modified) if memo else None
-    return services.fetcher.fetch(url, validators)
+    setting = services.settings.download_timeout_seconds
+    budget = min(setting, deadline.seconds_left())
+    if budget <= 0:
+        raise OutOfTime("the invocation's deadline is near (before the download)")
+    try:
+        return services.fetcher.fetch(url, validators, timeout_seconds=budget)
+    except DownloadTimeout:
+        if budget < setting:  # cut by the invocation's deadline: not the image's fault, the retry does it
+            raise OutOfTime("the invocation's deadline came during the download") from None
+        raise
 
 
 def _label_fresh(
-    services: Services, entry: ManifestEntry, fetched: FetchedImage, timings: _Timings
+    services: Services, entry: ManifestEntry, fetched: FetchedImage, timings: _Timings, deadline: Deadline
 ) -> tuple[ResultRecord, EntryOutcome]:
     sha256 = hashlib.sha256(fetched.body).hexdigest()
     if services.cache is None:
-        return _label_content(services, entry, fetched, sha256, timings)
+        return _label_content(services, entry, fetched, sha256, timings, deadline)
     with services.in_flight.hold(sha256):  # identical bytes in flight at once: one DetectLabels call
-        return _label_content(services, entry, fetched, sha256, timings)
+        return _label_content(services, entry, fetched, sha256, timings, deadline)
 
 
 def _label_content(
-    services: Services, entry: ManifestEntry, fetched: FetchedImage, sha256: str, timings: _Timings
+    services: Services,
+    entry: ManifestEntry,
+    fetched: FetchedImage,
+    sha256: str,
+    timings: _Timings,
+    deadline: Deadline,
 ) -> tuple[ResultRecord, EntryOutcome]:
     settings = services.settings
     source = {
@@ -205,11 +353,15 @@ def _label_content(
         "converted": prepared.converted,
         "downscaled": prepared.downscaled,
     }
+    deadline.check("before labeling")
     started = time.perf_counter()
     # The request holds ~3 copies of the image (base64, JSON, the body): big ones take turns.
     with reserve_memory(3 * len(prepared.data)):
         result = services.backend.detect_labels(
-            prepared.data, min_confidence=settings.min_confidence, max_labels=settings.max_labels
+            prepared.data,
+            min_confidence=settings.min_confidence,
+            max_labels=settings.max_labels,
+            deadline=deadline.work_ends,
         )
     timings.mark("label", started)
     if services.cache:
@@ -252,61 +404,6 @@ def _success(
     )
 
 
-def label_entry(
-    services: Services,
-    manifest: ManifestRef,
-    entry: ManifestEntry,
-    *,
-    check_existing: bool = True,
-    memo_ahead: Future[UrlMemo | None] | None = None,
-) -> EntryOutcome:
-    """Fetch, check, label and store one entry. Never raises for the entry's own failures.
-
-    ``check_existing``: first look for a record an earlier delivery of this very upload wrote (one
-    ``HEAD``). Callers that know there was no earlier attempt pass False and save the request.
-    Raises :class:`ResultWriteFailed` only when the record itself cannot be stored.
-    """
-    key = result_key(manifest, entry.image_id)
-    done = _already_done(services, manifest, key) if check_existing else None
-    if done is not None:
-        return done
-
-    timings = _Timings()
-    outcome: EntryOutcome
-    try:
-        memo = _url_memo(services, entry.url, memo_ahead)
-        started = time.perf_counter()
-        fetched = _fetch(services, entry.url, memo)
-        timings.mark("download", started)
-        download_ms = timings.marks["download"]
-        reused = _reuse_not_modified(services, entry, fetched, memo) if isinstance(fetched, NotModified) else None
-        if reused is not None:
-            record, outcome = reused, EntryOutcome(ok=True, cached=True, not_modified=True)
-        else:
-            if isinstance(fetched, NotModified):
-                # The labels behind the validators are gone (cache expired): download unconditionally.
-                started = time.perf_counter()
-                fetched = _fetch(services, entry.url, None)
-                timings.mark("download", started)
-            assert isinstance(fetched, FetchedImage)
-            record, outcome = _label_fresh(services, entry, fetched, timings)
-        outcome.download_ms = download_ms
-    except LabelerError as exc:
-        record = ResultRecord(image_id=entry.image_id, url=entry.url, error=exc)
-        outcome = EntryOutcome(ok=False, code=str(exc.code))
-    except Exception as exc:  # a bug on one image must not lose the others
-        logger.exception("unexpected failure on one entry", extra={"image_id": entry.image_id})
-        error = InternalError(f"unexpected {type(exc).__name__}: {exc}"[:500])
-        record = ResultRecord(image_id=entry.image_id, url=entry.url, error=error)
-        outcome = EntryOutcome(ok=False, code=str(error.code))
-
-    record.metadata.update(_record_metadata(manifest, entry.index))
-    record.metadata["timings_ms"] = timings.to_dict()
-    record.metadata["processed_at"] = utc_now()
-    _store_record(services, manifest, key, record)
-    return outcome
-
-
 def _reuse_not_modified(
     services: Services, entry: ManifestEntry, fetched: NotModified, memo: UrlMemo | None
 ) -> ResultRecord | None:
@@ -324,61 +421,96 @@ def _reuse_not_modified(
     return _success(entry, cached, memo.sha256, source, cached_labels=True, not_modified=True)
 
 
-def record_rejected(services: Services, manifest: ManifestRef, rejected: RejectedEntry) -> EntryOutcome:
-    """Store the error record of an entry that could not even be attempted (bad shape, duplicate id)."""
-    # Keyed by position too: a rejected entry may share its id with the entry that holds it (duplicates,
-    # or a broken entry whose id a later good entry uses), and must never overwrite that entry's record.
-    key = result_key(manifest, rejected.image_id, duplicate_index=rejected.index)
-    record = ResultRecord(image_id=rejected.image_id, url=rejected.url, error=rejected.error)
-    record.metadata.update(_record_metadata(manifest, rejected.index))
-    record.metadata["processed_at"] = utc_now()
-    _store_record(services, manifest, key, record)
-    return EntryOutcome(ok=False, code=str(rejected.error.code))
+def _label(
+    services: Services, entry: ManifestEntry, memo: UrlMemo | None, timings: _Timings, deadline: Deadline
+) -> tuple[ResultRecord, EntryOutcome]:
+    """Fetch, check and label one entry: its record and outcome. Raises the entry's LabelerError or OutOfTime."""
+    started = time.perf_counter()
+    fetched = _fetch(services, entry.url, memo, deadline)
+    timings.mark("download", started)
+    download_ms = timings.marks["download"]
+    reused = _reuse_not_modified(services, entry, fetched, memo) if isinstance(fetched, NotModified) else None
+    if reused is not None:
+        return reused, EntryOutcome(ok=True, cached=True, not_modified=True, download_ms=download_ms)
+    if isinstance(fetched, NotModified):
+        # The labels behind the validators are gone (cache expired): download unconditionally.
+        started = time.perf_counter()
+        fetched = _fetch(services, entry.url, None, deadline)
+        timings.mark("download", started)
+    assert isinstance(fetched, FetchedImage)
+    deadline.check("after the download")
+    record, outcome = _label_fresh(services, entry, fetched, timings, deadline)
+    outcome.download_ms = download_ms
+    return record, outcome
 
 
-def label_entry_failed(services: Services, manifest: ManifestRef, entry: ManifestEntry, reason: str) -> EntryOutcome:
-    """Record that ``entry`` was given up on (its batch failed every delivery), unless it has a record."""
-    key = result_key(manifest, entry.image_id)
-    done = _already_done(services, manifest, key)
-    if done is not None:
-        return done
-    error = BatchFailed(reason[:500])
-    record = ResultRecord(image_id=entry.image_id, url=entry.url, error=error)
-    record.metadata.update(_record_metadata(manifest, entry.index))
-    record.metadata["processed_at"] = utc_now()
-    _store_record(services, manifest, key, record)
-    return EntryOutcome(ok=False, code=str(error.code))
+def label_entry(
+    services: Services, manifest: ManifestRef, entry: ManifestEntry, deadline: Deadline, ahead: Lookahead
+) -> EntryOutcome:
+    """Look, fetch, check, label and store one entry. Never raises for the entry's own failures.
 
-
-def _url_memo(services: Services, url: str, ahead: Future[UrlMemo | None] | None) -> UrlMemo | None:
-    if services.cache is None:
-        return None
-    # get_url_memo never raises (a failed read is a miss), so neither does the read-ahead.
-    return ahead.result() if ahead is not None else services.cache.get_url_memo(url)
+    Its key's ``HEAD`` (``ahead``) comes first: a record of this run means already done (nothing is
+    downloaded), a newer run's means superseded. Raises :class:`OutOfTime` when the deadline comes
+    before the entry is labeled (no record: the retry does it) and :class:`ResultWriteFailed` when
+    the record itself cannot be stored.
+    """
+    head = ahead.head()
+    if isinstance(head, ObjectHead):
+        verdict = judge(head, manifest.stamp)
+        if verdict is not None:
+            return EntryOutcome.of_existing(verdict, head)
+    timings = _Timings()
+    try:
+        record, outcome = _label(services, entry, ahead.memo(), timings, deadline)
+    except OutOfTime:
+        raise
+    except LabelerError as exc:
+        return record_error(services, manifest, entry, exc, head=head, timings=timings)
+    except Exception as exc:  # a bug on one image must not lose the others
+        logger.exception("unexpected failure on one entry", extra={"image_id": entry.image_id})
+        error = InternalError(f"unexpected {type(exc).__name__}: {exc}"[:500])
+        return record_error(services, manifest, entry, error, head=head, timings=timings)
+    return _store_record(services, manifest, entry, record, outcome, head=head, timings=timings)
 
 
 def _run_one(
     services: Services,
     manifest: ManifestRef,
     item: EntryItem,
-    check_existing: bool,
-    memo_ahead: Future[UrlMemo | None] | None = None,
+    deadline: Deadline,
+    superseded: threading.Event,
+    ahead: Lookahead,
 ) -> EntryOutcome:
+    # Checked when the entry starts, not when it was queued: queued entries never start late.
+    if superseded.is_set():
+        return EntryOutcome(ok=False, superseded=True)
+    deadline.check("before the entry started")
     if isinstance(item, RejectedEntry):
-        return record_rejected(services, manifest, item)
-    return label_entry(services, manifest, item, check_existing=check_existing, memo_ahead=memo_ahead)
+        return record_error(services, manifest, item, item.error)
+    return label_entry(services, manifest, item, deadline, ahead)
+
+
+def _look_ahead(pool: ThreadPoolExecutor, services: Services, manifest: ManifestRef, item: EntryItem) -> Lookahead:
+    if isinstance(item, RejectedEntry):  # written optimistically: a 412 makes the writer look
+        return Lookahead()
+    memo = pool.submit(services.cache.get_url_memo, item.url) if services.cache is not None else None
+    return Lookahead(head_future=pool.submit(services.store.head, entry_key(manifest, item)), memo_future=memo)
 
 
 # --- many entries -----------------------------------------------------------------------------------
 @dataclass
 class RunResult:
-    """What a run over entries did: the tally, and whether it stopped early or failed to write."""
+    """What a run over entries did: the tally, and whether it stopped early, was superseded or failed to write."""
 
     tally: Tally
-    stopped_early: bool = False
-    unstarted: list[EntryItem] = field(default_factory=list)
+    unfinished: int = 0  # entries left for the retry (the deadline came)
+    superseded: bool = False  # a newer run of the manifest wrote records: this run stopped
     write_failures: list[str] = field(default_factory=list)
     manifest_error: ManifestError | None = None
+
+    @property
+    def stopped_early(self) -> bool:
+        return self.unfinished > 0
 
 
 def process_entries(
@@ -387,60 +519,78 @@ def process_entries(
     items: Iterable[EntryItem],
     deadline: Deadline | None = None,
     on_outcome: Callable[[EntryOutcome], None] | None = None,
-    *,
-    check_existing: bool = True,
 ) -> RunResult:
     """Run ``items`` over ``MAX_WORKERS`` threads with a bounded number in flight.
 
     Memory stays bounded by the images in flight, not by the number of items: at most
-    ``2 × MAX_WORKERS`` are submitted ahead. When ``deadline`` expires, no new item starts; the
-    unstarted ones are returned (``unstarted``, only those already read from ``items``).
+    ``2 × MAX_WORKERS`` are submitted ahead, and the read-ahead pool looks at their keys and reads
+    their URL memos meanwhile, so a worker that picks an entry up starts its download at once.
+    Once the deadline passes, or a newer run is found, no entry starts; entries not started are
+    counted ``unfinished`` (deadline) or superseded.
     """
     deadline = deadline or Deadline()
     workers = services.settings.max_workers
-    result = RunResult(tally=Tally())
-    iterator: Iterator[EntryItem] = iter(items)
+    run = _Collector(on_outcome)
+    read_ahead = ThreadPoolExecutor(max_workers=max(4, workers), thread_name_prefix="read-ahead")
+    try:
+        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="entry") as pool:
+            in_flight: set[Future[EntryOutcome]] = set()
+            try:
+                for item in items:
+                    if run.superseded.is_set():
+                        break
+                    if deadline.expired():
+                        run.result.unfinished += 1
+                        break
+                    ahead = _look_ahead(read_ahead, services, manifest, item)
+                    in_flight.add(pool.submit(_run_one, services, manifest, item, deadline, run.superseded, ahead))
+                    if len(in_flight) >= 2 * workers:
+                        done, in_flight = wait(in_flight, return_when=FIRST_COMPLETED)
+                        run.collect(done)
+            except ManifestError as exc:  # found mid-stream: what was read before it still counts
+                run.result.manifest_error = exc
+            run.collect(wait(in_flight).done)
+    finally:
+        read_ahead.shutdown(wait=True, cancel_futures=True)
+        if services.cache is not None:  # before the invocation returns and Lambda freezes the writers
+            services.cache.flush(timeout=_flush_seconds(deadline))
+    return run.result
 
-    def collect(done: Iterable[Future[EntryOutcome]]) -> None:
+
+class _Collector:
+    """Gathers the outcomes of finished entries into a :class:`RunResult`."""
+
+    def __init__(self, on_outcome: Callable[[EntryOutcome], None] | None) -> None:
+        self.result = RunResult(tally=Tally())
+        self.superseded = threading.Event()  # one newer record means a newer run: stop starting entries
+        self._on_outcome = on_outcome
+
+    def collect(self, done: Iterable[Future[EntryOutcome]]) -> None:
         for future in done:
             try:
                 outcome = future.result()
-            except ResultWriteFailed as exc:
-                result.write_failures.append(str(exc))
+            except OutOfTime:
+                self.result.unfinished += 1
                 continue
-            outcome.add_to(result.tally)
-            if on_outcome is not None:
-                on_outcome(outcome)
-
-    # Entries wait in the pool's queue (up to 2 × MAX_WORKERS ahead); meanwhile a small pool reads
-    # their URL memos, so a worker that picks an entry up starts its download at once.
-    read_ahead = ThreadPoolExecutor(max_workers=4, thread_name_prefix="read-ahead") if services.cache else None
-    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="entry") as pool:
-        in_flight: set[Future[EntryOutcome]] = set()
-        try:
-            for item in iterator:
-                if deadline.expired():
-                    result.stopped_early = True
-                    result.unstarted.append(item)
-                    break
-                ahead = None
-                if read_ahead is not None and isinstance(item, ManifestEntry):
-                    ahead = read_ahead.submit(services.cache.get_url_memo, item.url)  # type: ignore[union-attr]
-                in_flight.add(pool.submit(_run_one, services, manifest, item, check_existing, ahead))
-                if len(in_flight) >= 2 * workers:
-                    done, in_flight = wait(in_flight, return_when=FIRST_COMPLETED)
-                    collect(done)
-        except ManifestError as exc:  # found mid-stream: what was read before it still counts
-            result.manifest_error = exc
-        collect(wait(in_flight).done)
-    if read_ahead is not None:
-        read_ahead.shutdown(wait=True, cancel_futures=True)
-    if services.cache is not None:
-        services.cache.flush()  # before the invocation returns and Lambda freezes the writers
-    return result
+            except ResultWriteFailed as exc:
+                self.result.write_failures.append(str(exc))
+                continue
+            if outcome.superseded:
+                self.result.superseded = True
+                self.superseded.set()
+            outcome.add_to(self.result.tally)
+            if self._on_outcome is not None:
+                self._on_outcome(outcome)
 
 
-# --- a whole manifest (inline) --------------------------------------------------------------------
+def _flush_seconds(deadline: Deadline) -> float:
+    """Cache writes may use half of what is left of the invocation (they are an optimisation)."""
+    if deadline.ends is None:
+        return 30.0
+    return max(0.1, min(30.0, (deadline.ends - time.monotonic()) / 2))
+
+
+# --- a whole manifest ----------------------------------------------------------------------------------
 def open_entries(services: Services, manifest: ManifestRef) -> tuple[ManifestRef, Iterator[EntryItem]]:
     """Open the manifest object and return its (refreshed) reference and a lazy stream of entries."""
     opened = services.store.open_manifest(manifest)
@@ -451,30 +601,40 @@ def open_entries(services: Services, manifest: ManifestRef) -> tuple[ManifestRef
     return opened.ref, entries
 
 
-def _earlier_attempt(services: Services, manifest: ManifestRef) -> bool:
-    """Whether a delivery of this very upload ran before (its report exists, perhaps ``incomplete``).
+def superseded_summary(manifest: ManifestRef, tally: Tally) -> dict[str, Any]:
+    """What a run answers when a newer run of its manifest took over (no report of its own is stored)."""
+    return {"manifest": manifest.to_dict(), "status": "superseded", **tally.to_dict()}
 
-    Only then can records of this run exist, so only then is each entry's key checked first: a new
-    upload saves one request per image. A failed read means "cannot tell": check every entry.
+
+def finish_run(services: Services, manifest: ManifestRef, state: RunState) -> dict[str, Any]:
+    """Store the run's final report, then call ``on_run_finished`` once per run; returns the report.
+
+    Inline and fanned-out runs end here. The hook runs after the report is stored and after a
+    conditional claim in the state table, so that only one of several finishers calls it; if it
+    raises, the claim is released and the caller fails, so that a retry calls it again.
     """
-    if not manifest.run_id:
-        return False
+    published = publish_report(services.store, manifest, state)
+    if published.superseded:
+        return superseded_summary(manifest, state.tally)
+    claims, key = services.progress, run_key(manifest)
+    if claims is not None and not claims.claim_finished(key):
+        return published.report
     try:
-        report = services.store.get_json(report_key(manifest))
+        services.on_run_finished(published.report)
     except Exception:
-        logger.warning("cannot read the previous report; checking every entry", exc_info=True)
-        return True
-    if not report or not isinstance(report.get("manifest"), dict):
-        return False
-    earlier = report["manifest"]
-    previous = ManifestRef(
-        bucket=manifest.bucket,
-        key=manifest.key,
-        etag=earlier.get("etag"),
-        version_id=earlier.get("version_id"),
-        sequencer=earlier.get("sequencer"),
-    )
-    return previous.run_id == manifest.run_id
+        if claims is not None:
+            claims.release_finished(key)
+        raise
+    return published.report
+
+
+def _raising(error: ManifestError) -> Iterator[EntryItem]:
+    """An entry stream that has nothing more but the error it broke with (it reaches the run as before)."""
+    raise error
+    yield  # pragma: no cover - makes this a generator
+
+
+FanOutSplit = Callable[[ManifestRef, Iterator[EntryItem], list[EntryItem], Deadline], dict[str, Any]]
 
 
 def process_manifest(
@@ -482,54 +642,45 @@ def process_manifest(
     manifest: ManifestRef,
     deadline: Deadline | None = None,
     *,
-    fan_out: Callable[[ManifestRef, Iterator[EntryItem], list[Any]], dict[str, Any]] | None = None,
+    fan_out: FanOutSplit | None = None,
     on_outcome: Callable[[EntryOutcome], None] | None = None,
 ) -> dict[str, Any]:
-    """Label every entry of one manifest and write its report; returns the report.
+    """Label every entry of one manifest (or hand it to ``fan_out``) and write its report; returns the report.
 
-    A manifest that cannot be read or parsed still gets a report carrying the error.
-    Raises :class:`ResultWriteFailed` / :class:`DeadlineReached` after writing the report, so
-    that the event is delivered again and the remaining entries are finished then.
+    A manifest that cannot be read or parsed still gets a report carrying the error. An
+    ``in_progress`` report is written when the run starts, so that a run killed for good is
+    visible. Raises :class:`ResultWriteFailed` / :class:`DeadlineReached` after writing an
+    ``incomplete`` report, and ``ManifestReadInterrupted`` for a transient read error, so that
+    the event is delivered again and the remaining entries are finished then.
     """
-    started_at, t0 = utc_now(), time.perf_counter()
-    prefix = results_prefix(manifest)
-    tally = Tally()
-    manifest_error: LabelerError | None = None
-
-    def finish(status: str, mode: str = "inline", extra: dict[str, Any] | None = None) -> dict[str, Any]:
-        report = build_report(
-            manifest,
-            tally,
-            status=status,
-            results_prefix=prefix,
-            started_at=started_at,
-            duration_ms=(time.perf_counter() - t0) * 1000,
-            mode=mode,
-            manifest_error=manifest_error,
-            extra=extra,
-        )
-        services.store.put_json(report_key(manifest), report)
-        return report
-
+    deadline = deadline or Deadline()
+    head: list[EntryItem] = []
     try:
         manifest, entries = open_entries(services, manifest)
-        head = list(islice(entries, services.settings.inline_max_images + 1))
+        head.extend(islice(entries, services.settings.inline_max_images + 1))
     except ManifestError as exc:
-        manifest_error = exc
-        logger.warning("manifest rejected", extra={"manifest": manifest.to_dict(), "code": str(exc.code)})
-        return finish("failed")
+        if not head:  # nothing could be read: the run fails with the error
+            logger.warning("manifest rejected", extra={"manifest": manifest.to_dict(), "code": str(exc.code)})
+            return finish_run(services, manifest, RunState(Tally(), "failed", "inline", exc))
+        # Broke after some entries: those are processed (partial), wherever the break is.
+        entries = _raising(exc)
 
-    if fan_out is not None and len(head) > services.settings.inline_max_images:
-        return fan_out(manifest, entries, head)
+    fans_out = fan_out is not None and len(head) > services.settings.inline_max_images
+    mode = "fanout" if fans_out else "inline"
+    if publish_report(services.store, manifest, RunState(Tally(), "in_progress", mode)).superseded:
+        return superseded_summary(manifest, Tally())
+    if fan_out is not None and fans_out:
+        return fan_out(manifest, entries, head, deadline)
 
-    resuming = _earlier_attempt(services, manifest)
-    run = process_entries(services, manifest, chain(head, entries), deadline, on_outcome, check_existing=resuming)
-    tally, manifest_error = run.tally, run.manifest_error
-    if run.write_failures:
-        finish("incomplete")
-        raise ResultWriteFailed(f"{len(run.write_failures)} record(s) could not be written: {run.write_failures[0]}")
-    if run.stopped_early:
-        finish("incomplete")
-        raise DeadlineReached("the Lambda deadline is near; the remaining entries are left for the retry")
-    status = "partial" if manifest_error is not None else "complete"
-    return finish(status)
+    run = process_entries(services, manifest, chain(head, entries), deadline, on_outcome)
+    if run.superseded:
+        return superseded_summary(manifest, run.tally)
+    if run.write_failures or run.stopped_early:
+        publish_report(services.store, manifest, RunState(run.tally, "incomplete", mode, run.manifest_error))
+        if run.write_failures:
+            raise ResultWriteFailed(
+                f"{len(run.write_failures)} record(s) could not be written: {run.write_failures[0]}"
+            )
+        raise DeadlineReached("the Lambda deadline is near; the entries not finished are left for the retry")
+    status = "partial" if run.manifest_error is not None else "complete"
+    return finish_run(services, manifest, RunState(run.tally, status, mode, run.manifest_error))

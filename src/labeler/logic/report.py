@@ -1,5 +1,10 @@
 """The per-manifest report: counts that add up, errors by code, cache use and timings.
 
+One writer, :func:`publish_report`, for inline and fanned-out runs alike. ``reports/<slug>.json``
+is the newest run's report: it is written with the guard of :mod:`labeler.logic.guard` (an older
+run never overwrites a newer one's report), and within one run a final status (``complete``,
+``partial``, ``failed``) is terminal: nothing moves it back to ``in_progress`` or ``incomplete``.
+
 >>> tally = Tally(); tally.add_outcome(ok=True, code=None, cached=False)
 >>> tally.to_dict()["succeeded"]
 1
@@ -12,8 +17,14 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+from labeler.logic.guard import GuardedStore, Verdict, guarded_put, judge
+from labeler.logic.keys import report_key, results_prefix
 from labeler.models.errors import LabelerError
 from labeler.models.records import ManifestRef
+
+FINAL_STATUSES = frozenset({"complete", "partial", "failed"})
+# Not final: the run is going (in_progress) or stopped early and will be retried (incomplete).
+STATUSES = FINAL_STATUSES | {"in_progress", "incomplete"}
 
 
 def utc_now() -> str:
@@ -30,6 +41,8 @@ class Tally:
     labels_from_cache: int = 0
     not_modified: int = 0
     already_done: int = 0
+    # Entries left alone because a newer run of the manifest wrote their record (counted apart).
+    superseded: int = 0
     download_ms: float = 0.0
     label_ms: float = 0.0
 
@@ -45,9 +58,13 @@ class Tally:
         cached: bool = False,
         not_modified: bool = False,
         already_done: bool = False,
+        superseded: bool = False,
         download_ms: float = 0.0,
         label_ms: float = 0.0,
     ) -> None:
+        if superseded:
+            self.superseded += 1
+            return
         if ok:
             self.succeeded += 1
         else:
@@ -66,6 +83,7 @@ class Tally:
         self.labels_from_cache += other.labels_from_cache
         self.not_modified += other.not_modified
         self.already_done += other.already_done
+        self.superseded += other.superseded
         self.download_ms += other.download_ms
         self.label_ms += other.label_ms
 
@@ -78,6 +96,7 @@ class Tally:
             "labels_from_cache": self.labels_from_cache,
             "not_modified": self.not_modified,
             "already_done": self.already_done,
+            "superseded": self.superseded,
             "download_ms": round(self.download_ms, 1),
             "label_ms": round(self.label_ms, 1),
         }
@@ -91,45 +110,102 @@ class Tally:
             labels_from_cache=int(data.get("labels_from_cache", 0)),
             not_modified=int(data.get("not_modified", 0)),
             already_done=int(data.get("already_done", 0)),
+            superseded=int(data.get("superseded", 0)),
             download_ms=float(data.get("download_ms", 0.0)),
             label_ms=float(data.get("label_ms", 0.0)),
         )
 
 
-def build_report(
-    manifest: ManifestRef,
-    tally: Tally,
-    *,
-    status: str,
-    results_prefix: str,
-    started_at: str,
-    duration_ms: float,
-    mode: str = "inline",
-    manifest_error: LabelerError | None = None,
-    extra: dict[str, Any] | None = None,
-) -> dict[str, Any]:
-    """The report document: ``{"manifest", "status", "succeeded", "failed", ...}`` at its top level."""
-    counts = tally.to_dict()
+def elapsed_ms(started_at: str, finished_at: str) -> float:
+    """Milliseconds between two :func:`utc_now` timestamps (0 when either cannot be read)."""
+    try:
+        started = datetime.fromisoformat(started_at.replace("Z", "+00:00"))
+        finished = datetime.fromisoformat(finished_at.replace("Z", "+00:00"))
+    except ValueError:
+        return 0.0
+    return max(0.0, (finished - started).total_seconds() * 1000)
+
+
+@dataclass(frozen=True)
+class RunState:
+    """What a report says about a run: its counts, its status, how it ran, and what broke the manifest."""
+
+    tally: Tally
+    status: str
+    mode: str  # "inline" or "fanout"
+    manifest_error: LabelerError | dict[str, Any] | None = None
+    batches: dict[str, int] | None = None  # fan-out: {"count", "done"}
+
+    def __post_init__(self) -> None:
+        if self.status not in STATUSES:
+            raise ValueError(f"not a report status: {self.status!r}")
+
+
+def build_report(manifest: ManifestRef, state: RunState, started_at: str) -> dict[str, Any]:
+    """The report document, with the same fields whatever the mode (``batches`` is null inline).
+
+    ``timings_ms.total`` is the run's wall time from its first start (``started_at``, kept across
+    retries) to this report; ``download_sum``/``label_sum`` add up the entries' own steps.
+    """
+    tally, manifest_error = state.tally, state.manifest_error
+    finished_at = utc_now()
     report: dict[str, Any] = {
         "manifest": manifest.to_dict(),
-        "status": status,
-        "total": counts.pop("total"),
-        "succeeded": counts.pop("succeeded"),
-        "failed": counts.pop("failed"),
-        "errors_by_code": counts.pop("errors_by_code"),
-        **{k: v for k, v in counts.items() if not k.endswith("_ms")},
-        "mode": mode,
-        "results_prefix": results_prefix,
+        "status": state.status,
+        "total": tally.total,
+        "succeeded": tally.succeeded,
+        "failed": tally.failed,
+        "errors_by_code": dict(sorted(tally.errors_by_code.items())),
+        "labels_from_cache": tally.labels_from_cache,
+        "not_modified": tally.not_modified,
+        "already_done": tally.already_done,
+        "mode": state.mode,
+        "results_prefix": results_prefix(manifest),
+        "batches": state.batches,
         "timings_ms": {
-            "total": round(duration_ms, 1),
-            "download_sum": counts["download_ms"],
-            "label_sum": counts["label_ms"],
+            "total": round(elapsed_ms(started_at, finished_at), 1),
+            "download_sum": round(tally.download_ms, 1),
+            "label_sum": round(tally.label_ms, 1),
         },
         "started_at": started_at,
-        "finished_at": utc_now(),
+        "finished_at": finished_at,
     }
     if manifest_error is not None:
-        report["error"] = manifest_error.to_dict()
-    if extra:
-        report.update(extra)
+        report["error"] = manifest_error.to_dict() if isinstance(manifest_error, LabelerError) else manifest_error
     return report
+
+
+@dataclass(frozen=True)
+class Published:
+    """What :func:`publish_report` did with a report."""
+
+    report: dict[str, Any]
+    verdict: Verdict  # WRITTEN; SAME_RUN: this run's final report stands there; SUPERSEDED: a newer run's does
+
+    @property
+    def superseded(self) -> bool:
+        return self.verdict is Verdict.SUPERSEDED
+
+
+def publish_report(store: GuardedStore, manifest: ManifestRef, state: RunState) -> Published:
+    """Build the run's report and store it at ``reports/<slug>.json`` unless a newer run's report, or
+    this run's final one, is there. The only writer of reports.
+
+    The run's ``started_at`` is kept from the report it wrote first (in its metadata). Raises when
+    S3 fails, so that the delivery is retried.
+    """
+    key = report_key(manifest)
+    existing = store.head(key)
+    same_run = existing is not None and judge(existing, manifest.stamp) is Verdict.SAME_RUN
+    started_at = (existing.metadata.get("started-at") if same_run and existing else None) or utc_now()
+    report = build_report(manifest, state, started_at)
+    written = guarded_put(
+        store,
+        key,
+        report,
+        {"status": state.status, "started-at": started_at},
+        manifest.stamp,
+        head=existing,
+        same_run_stays=lambda theirs: theirs.metadata.get("status") in FINAL_STATUSES,
+    )
+    return Published(report, written.verdict)

@@ -72,6 +72,17 @@ class LabelerError(Exception):
         """The ``error`` object of a record: ``{"code", "message", ...details}``."""
         return {"code": str(self.code), "message": self.message, **self.details}
 
+    @staticmethod
+    def from_dict(error: dict[str, Any]) -> LabelerError:
+        """The error :meth:`to_dict` described (a work batch carries rejected entries' errors this way).
+
+        >>> LabelerError.from_dict({"code": "duplicate_id", "message": "m", "first_index": 0}).to_dict()
+        {'code': 'duplicate_id', 'message': 'm', 'first_index': 0}
+        """
+        details = {k: v for k, v in error.items() if k not in ("code", "message")}
+        kind = _CLASS_BY_CODE.get(str(error.get("code")), InternalError)
+        return kind(str(error.get("message", "")), **details)
+
 
 # --- manifest entries -------------------------------------------------------------------
 class InvalidEntry(LabelerError):
@@ -208,7 +219,28 @@ class SourceNotAllowed(LabelerError):
     code = ErrorCode.SOURCE_NOT_ALLOWED
 
 
+def _leaf_classes(base: type[LabelerError]) -> list[type[LabelerError]]:
+    found = []
+    for sub in base.__subclasses__():
+        found.append(sub)
+        found.extend(_leaf_classes(sub))
+    return found
+
+
+# One class per code (ManifestError shares manifest_invalid with ManifestInvalid: the leaf wins).
+_CLASS_BY_CODE: dict[str, type[LabelerError]] = {
+    str(cls.code): cls for cls in _leaf_classes(LabelerError) if cls is not ManifestError
+}
+
+
 # --- not a recorded failure ------------------------------------------------------------------------
+class ManifestReadInterrupted(RuntimeError):
+    """The manifest could not be read for a reason that is not its own (S3 5xx, throttling, a stream
+    broken mid-read). Not a :class:`ManifestError`: no report says ``failed``; the invocation fails so
+    that it is retried.
+    """
+
+
 class OutOfTime(RuntimeError):
     """A step of an entry could not finish before the invocation's deadline.
 

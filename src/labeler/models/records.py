@@ -13,6 +13,48 @@ from labeler.models.errors import LabelerError
 
 
 @dataclass(frozen=True)
+class RunStamp:
+    """Which run (one upload of a manifest) wrote an object, and where it stands among the runs of its key.
+
+    Every record and report carries its run's stamp in its S3 user metadata. Runs are ordered by the
+    S3 event's ``sequencer`` when both have one (hexadecimal, compared after left-padding with zeros,
+    as AWS documents), otherwise by the manifest object's ``LastModified`` (1-second resolution; ``""``
+    when unknown sorts first), and at last by run id, so that any two runs compare the same way
+    everywhere.
+
+    >>> old = RunStamp("v1", sequencer="0A1B", modified="20261125T100000Z")
+    >>> RunStamp("v2", sequencer="00A1C", modified="20261125T100000Z").is_newer_than(old)
+    True
+    >>> RunStamp("v3", modified="20261125T100001Z").is_newer_than(old)  # no sequencer: the time decides
+    True
+    """
+
+    run_id: str
+    sequencer: str = ""
+    modified: str = ""
+
+    def to_metadata(self) -> dict[str, str]:
+        return {"manifest-run": self.run_id, "run-sequencer": self.sequencer, "run-modified": self.modified}
+
+    @classmethod
+    def from_metadata(cls, metadata: dict[str, str]) -> RunStamp | None:
+        """The stamp an object's metadata names; None for an object written without one."""
+        run_id = metadata.get("manifest-run")
+        if not run_id:
+            return None
+        return cls(run_id, metadata.get("run-sequencer", ""), metadata.get("run-modified", ""))
+
+    def is_newer_than(self, other: RunStamp) -> bool:
+        return self._order(other) > other._order(self)
+
+    def _order(self, other: RunStamp) -> tuple[str, str, str]:
+        if self.sequencer and other.sequencer:
+            width = max(len(self.sequencer), len(other.sequencer))
+            return (self.sequencer.upper().rjust(width, "0"), self.modified, self.run_id)
+        return ("", self.modified, self.run_id)
+
+
+@dataclass(frozen=True)
 class ManifestRef:
     """The S3 object a manifest was read from (key already URL-decoded)."""
 
@@ -23,19 +65,37 @@ class ManifestRef:
     size: int | None = None
     # The S3 event's sequencer: the same for redeliveries of one upload, new for every upload.
     sequencer: str | None = None
+    # The object's LastModified (GetObject), "YYYYMMDDTHHMMSSZ": orders runs when events carry no sequencer.
+    last_modified: str | None = None
 
     @property
     def run_id(self) -> str:
         """Identifies one upload of the manifest: redelivered events share it, a re-upload does not."""
         return self.version_id or self.sequencer or self.etag or ""
 
+    @property
+    def stamp(self) -> RunStamp:
+        return RunStamp(self.run_id, (self.sequencer or "").upper(), self.last_modified or "")
+
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {"bucket": self.bucket, "key": self.key}
-        for name in ("etag", "version_id", "sequencer"):
+        for name in ("etag", "version_id", "sequencer", "last_modified"):
             value = getattr(self, name)
             if value:
                 out[name] = value
         return out
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ManifestRef:
+        """The reference :meth:`to_dict` described (work batches carry it)."""
+        return cls(
+            bucket=str(data["bucket"]),
+            key=str(data["key"]),
+            etag=data.get("etag"),
+            version_id=data.get("version_id"),
+            sequencer=data.get("sequencer"),
+            last_modified=data.get("last_modified"),
+        )
 
 
 @dataclass(frozen=True)
@@ -56,6 +116,8 @@ class RejectedEntry:
     image_id: str
     url: str | None
     error: LabelerError
+    # False when ``image_id`` was made up (``entry-<index>``, or derived from the URL).
+    id_given: bool = True
 
 
 @dataclass

@@ -55,12 +55,14 @@ class Settings:
     # The stack's most concurrent workers (template: WorkerMaxConcurrency). Only used while the shared
     # limiter's table fails: each invocation then paces itself to REKOGNITION_MAX_TPS / (this + 1).
     worker_max_concurrency: int = 5
-    # Stop starting new images when fewer than this many ms remain before the Lambda timeout.
-    deadline_margin_ms: int = 15_000
     # DynamoDB table for fan-out progress and Powertools idempotency (template: StateTable).
     state_table: str = ""
-    # Deliveries of a work batch before it is given up on (the queue's maxReceiveCount).
-    max_receive_count: int = 3
+    # How long a delivery's in-progress record outlives a killed invocation (a heartbeat renews it
+    # while the work runs): Lambda's async retries come about 1 and 3 minutes after a failure.
+    idempotency_lease_seconds: float = 45.0
+    # Deliveries of a work batch (the queue's maxReceiveCount): the last one labels nothing, it
+    # records what is unfinished as batch_failed, so the default 4 gives 3 labeling attempts.
+    max_receive_count: int = 4
     dead_letter_queue_url: str = ""
     label_cache: bool = True
     # Buckets that s3://bucket/key entries may name, comma-separated (template: SourceBuckets); empty: none.
@@ -120,6 +122,8 @@ class Settings:
             (1 <= self.batch_size <= 1000, "BATCH_SIZE must be between 1 and 1000"),
             (self.rekognition_max_tps > 0, "REKOGNITION_MAX_TPS must be positive"),
             (self.worker_max_concurrency >= 1, "WORKER_MAX_CONCURRENCY must be at least 1"),
+            (self.idempotency_lease_seconds > 0, "IDEMPOTENCY_LEASE_SECONDS must be positive"),
+            (self.max_receive_count >= 2, "MAX_RECEIVE_COUNT must be at least 2 (the last delivery labels nothing)"),
         ]
         for ok, message in checks:
             if not ok:
