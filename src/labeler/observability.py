@@ -38,6 +38,7 @@ def publish_label_calls(*, calls: int, saved: int) -> None:
     metrics.add_metric(name=DETECT_LABELS_CALLS, unit=MetricUnit.Count, value=calls)
     metrics.add_metric(name=DETECT_LABELS_SAVED, unit=MetricUnit.Count, value=saved)
 
+
 def publish_entry_metrics(tally: Any) -> None:
     """ImagesSucceeded / ImagesFailed / LabelsFromCache for the entries this invocation finished itself.
 

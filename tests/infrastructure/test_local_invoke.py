@@ -73,13 +73,11 @@ def test_the_built_worker_function_labels_a_work_batch_from_the_queue_under_the_
 
     assert run["environment"]["as_deployed"], run["environment"]
     assert run["response"] == {"batchItemFailures": []}
-    assert sorted(record["image_id"] for record in run["records"]) == [
-        "sku-10075",
-        "sku-10076",
-        "url-3f2a9c41d0b7e6a5",
-    ]
-    assert all("labels" in record for record in run["records"])
-    assert {record["entry_index"] for record in run["records"]} == {75, 76, 77}
+    by_index = {record["entry_index"]: record for record in run["records"]}
+    assert sorted(by_index) == [75, 76, 77, 78]  # one record per entry of the batch, the rejected one included
+    assert [by_index[i]["image_id"] for i in (75, 76, 77)] == ["sku-10075", "sku-10076", "url-9e31520f3a012c8b64c6"]
+    assert all("labels" in by_index[i] for i in (75, 76, 77))
+    assert by_index[78]["error"]["code"] == "duplicate_id" and by_index[78]["error"]["first_index"] == 75
     assert run["deleted_messages"] == 1  # the event source mapping's part: the message is done
     assert run["problems"] == []
     nothing_left_running(run)

@@ -11,6 +11,7 @@ labeler.models.errors.BlockedAddress: 10.0.0.7 is a private address
 
 from __future__ import annotations
 
+import functools
 from enum import StrEnum
 from typing import Any, ClassVar
 
@@ -80,7 +81,7 @@ class LabelerError(Exception):
         {'code': 'duplicate_id', 'message': 'm', 'first_index': 0}
         """
         details = {k: v for k, v in error.items() if k not in ("code", "message")}
-        kind = _CLASS_BY_CODE.get(str(error.get("code")), InternalError)
+        kind = _class_by_code().get(str(error.get("code")), InternalError)
         return kind(str(error.get("message", "")), **details)
 
 
@@ -227,10 +228,13 @@ def _leaf_classes(base: type[LabelerError]) -> list[type[LabelerError]]:
     return found
 
 
-# One class per code (ManifestError shares manifest_invalid with ManifestInvalid: the leaf wins).
-_CLASS_BY_CODE: dict[str, type[LabelerError]] = {
-    str(cls.code): cls for cls in _leaf_classes(LabelerError) if cls is not ManifestError
-}
+@functools.cache
+def _class_by_code() -> dict[str, type[LabelerError]]:
+    """One class per code (ManifestError shares manifest_invalid with ManifestInvalid: the leaf wins).
+
+    Built on first use, so that every class of this module (wherever it is defined) is known.
+    """
+    return {str(cls.code): cls for cls in _leaf_classes(LabelerError) if cls is not ManifestError}
 
 
 # --- not a recorded failure ------------------------------------------------------------------------
