@@ -17,6 +17,44 @@ SERVICES = ("S3", "SQS", "DYNAMODB", "EVENTBRIDGE")  # service ids: AWS_ENDPOINT
 DUMMY_SECRET = "local"  # noqa: S105 - moto accepts any credentials
 
 
+def _atomic_app(app: Any) -> Any:
+    """moto's WSGI app with each S3 and DynamoDB request served whole under one lock.
+
+    moto's threaded server runs requests concurrently without locking its state: two conditional
+    writes can both pass their condition, and ``TransactWriteItems`` deep-copies a table while another
+    thread changes it (a 500). AWS serves each request atomically, so the embedded endpoint does too.
+    Other services (SQS long polls in particular) stay concurrent.
+    """
+    import threading
+
+    lock = threading.Lock()
+
+    def atomic(environ: dict[str, Any], start_response: Any) -> Any:
+        target = environ.get("HTTP_X_AMZ_TARGET", "")
+        credential = environ.get("HTTP_AUTHORIZATION", "")
+        if target.startswith("DynamoDB") or "/s3/aws4_request" in credential:
+            with lock:
+                return list(app(environ, start_response))  # the body is produced inside the lock
+        return app(environ, start_response)
+
+    return atomic
+
+
+def _moto_server(ip_address: str) -> Any:
+    from moto.moto_server.threaded_moto_server import MotoRequestHandler
+    from moto.server import DomainDispatcherApplication, ThreadedMotoServer, create_backend_app
+    from werkzeug.serving import make_server
+
+    class AtomicMotoServer(ThreadedMotoServer):
+        def _server_entry(self) -> None:
+            app = _atomic_app(DomainDispatcherApplication(create_backend_app))
+            self._server = make_server(self._ip_address, self._port, app, True, request_handler=MotoRequestHandler)
+            self._server_ready_event.set()
+            self._server.serve_forever()
+
+    return AtomicMotoServer(ip_address=ip_address, port=0, verbose=False)
+
+
 class EmbeddedAws:
     """Starts moto's threaded server on 127.0.0.1 (free port) and points boto3 at it via the environment."""
 
@@ -30,10 +68,8 @@ class EmbeddedAws:
     def start(self) -> EmbeddedAws:
         import logging
 
-        from moto.server import ThreadedMotoServer
-
         logging.getLogger("werkzeug").setLevel(logging.ERROR)  # no access log lines on the console
-        self._server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+        self._server = _moto_server("127.0.0.1")
         self._server.start()
         host, port = self._server.get_host_and_port()
         self.endpoint_url = f"http://{host}:{port}"
