@@ -6,9 +6,7 @@ event per run, inline or fanned out, complete or failed, whatever is delivered t
 
 from __future__ import annotations
 
-import itertools
 import json
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -16,7 +14,6 @@ import pytest
 from labeler.adapters.events import DETAIL_TYPE_FAILED, DETAIL_TYPE_LABELED, SOURCE
 from labeler.handlers import composition, manifest_created, work_batch
 from labeler.handlers.composition import get_services, reset_services
-from labeler.local.events import create_completion_queue
 from labeler.logic.keys import report_key
 from labeler.models.records import ManifestRef
 from tests.conftest import Buckets, FakeLambdaContext, manifest_of
@@ -24,19 +21,6 @@ from tests.faults.test_recoveries import fail_final_report_writes
 from tests.support.crash import delivery_items
 from tests.support.site import Site
 from tests.support.sqs_driver import QueueInfo, drain
-
-_numbers = itertools.count()
-
-
-@pytest.fixture
-def completion_queue(buckets: Buckets) -> Iterator[str]:
-    """The completion rule on the default bus with a queue of its own (removed after the test)."""
-    rule = f"run-events-{next(_numbers)}"
-    url = create_completion_queue(buckets.aws, queue_name=rule, rule_name=rule)
-    yield url
-    events = buckets.aws.client("events")
-    events.remove_targets(Rule=rule, Ids=["queue"])
-    events.delete_rule(Name=rule)
 
 
 def events_of(buckets: Buckets, queue_url: str, key: str) -> list[dict[str, Any]]:
