@@ -266,6 +266,7 @@ class StandIns:
             "S3": self.moto.endpoint_url,
             "SQS": self.moto.endpoint_url,
             "DYNAMODB": self.moto.endpoint_url,
+            "EVENTBRIDGE": self.moto.endpoint_url,  # each run's completion event
             "REKOGNITION": self.rekognition.endpoint_url,
         }
 

@@ -13,9 +13,9 @@ What runs (nothing leaves loopback, nothing is left running):
   ``http://127.0.0.1:<port>/2015-03-31/functions/function/invocations``. The function's environment is the
   template's (``tests/support/template_env.py``, the reader the benchmarks use), pointed at the stand-ins;
   its handler, timeout and memory come from the template too.
-* **S3, SQS, DynamoDB**: the embedded endpoint (moto's server, ``labeler.local.embedded_aws``); every
-  resource the function's environment names (output bucket, work queue and its dead-letter queue, state
-  table) is created from its template declaration.
+* **S3, SQS, DynamoDB, EventBridge** (the run's completion event): the embedded endpoint (moto's server,
+  ``labeler.local.embedded_aws``); every resource the function's environment names (output bucket, work
+  queue and its dead-letter queue, state table) is created from its template declaration.
 * **Rekognition**: the wire-level stand-in (``tests/support/fake_rekognition.py``) as a real endpoint
   (``AWS_ENDPOINT_URL_REKOGNITION``), enforcing the template's ``REKOGNITION_MAX_TPS`` as its quota. The
   built package holds no offline model, so ``LABEL_BACKEND`` stays the template's ``rekognition``.
@@ -385,7 +385,7 @@ def local_invoke(function: str, event_path: Path, *, label_latency_s: float = 0.
         rekognition.state.quota_tps, rekognition.state.latency_seconds = quota, label_latency_s
         function_env = deployed_environment(
             config,
-            endpoints={"S3": aws.endpoint_url, "SQS": aws.endpoint_url, "DYNAMODB": aws.endpoint_url}
+            endpoints={service: aws.endpoint_url for service in ("S3", "SQS", "DYNAMODB", "EVENTBRIDGE")}
             | {"REKOGNITION": rekognition.endpoint_url},
             rekognition_max_tps=quota,
         )

@@ -29,6 +29,7 @@ os.environ.setdefault("POWERTOOLS_LOG_LEVEL", "WARNING")
 _bucket_numbers = itertools.count()
 _table_numbers = itertools.count()
 _sequencers = itertools.count(0x0A1B2C3D4E5F6789)
+_rule_numbers = itertools.count()
 
 
 @pytest.fixture(scope="session")
@@ -134,6 +135,22 @@ def s3_put_event(s3: Any, bucket: str, key: str) -> dict[str, Any]:
             }
         ]
     }
+
+
+@pytest.fixture
+def completion_queue(embedded_aws: EmbeddedAws) -> Iterator[str]:
+    """The README's completion rule on the embedded endpoint's default bus, with a queue of its own.
+
+    The rule is removed after the test, so that a later test's queue gets only its own events.
+    """
+    from labeler.local.events import create_completion_queue
+
+    rule = f"completion-{next(_rule_numbers)}"
+    url = create_completion_queue(embedded_aws, queue_name=rule, rule_name=rule)
+    yield url
+    events = embedded_aws.client("events")
+    events.remove_targets(Rule=rule, Ids=["queue"])
+    events.delete_rule(Name=rule)
 
 
 @pytest.fixture

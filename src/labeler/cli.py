@@ -216,6 +216,59 @@ def report_is_final(report: dict[str, Any], records_written: int) -> bool:
     return int(report.get("succeeded", 0)) + int(report.get("failed", 0)) == total and records_written >= total
 
 
+@dataclass
+class UploadFollower:
+    """Follows the run of one upload: its records as they appear, and its end (the completion event when
+    there is a queue to wait on, else the report polled until it is final)."""
+
+    reader: Any  # runner.OutputReader of the manifest
+    etag: str
+    uploaded_at: datetime
+    waiter: Any = None  # events.CompletionWaiter
+    report: dict[str, Any] | None = None
+    event: dict[str, Any] | None = None
+    written: int = 0
+
+    @property
+    def since(self) -> datetime:
+        return self.uploaded_at - CLOCK_SLACK
+
+    def wait_on(self, sqs: Any, queue_url: str, manifest: tuple[str, str], version_id: str | None) -> None:
+        from labeler.local.events import CompletionWaiter
+
+        run_id = version_id if version_id not in (None, "", "null") else self.etag
+        self.waiter = CompletionWaiter(sqs, queue_url, manifest=manifest, run_id=run_id, not_before=self.uploaded_at)
+
+    def count(self) -> int:
+        self.written = self.reader.count(since=self.since)
+        return self.written
+
+    def finished(self) -> bool:
+        if self.waiter is not None:  # told when it is done: the report is read once, after the event
+            self.event = self.event or self.waiter.poll()
+            if self.event is not None and self.report is None:
+                self.report = self.reader.report()
+            return self.event is not None
+        report = self.reader.report()
+        if report_is_for(report, self.etag, self.uploaded_at):
+            self.report = report
+            assert report is not None
+            return report_is_final(report, self.reader.count(since=self.since))
+        return False
+
+    def ended(self) -> bool:
+        return self.event is not None or (self.report is not None and report_is_final(self.report, self.written))
+
+    def waited(self) -> str:
+        return " waiting for the completion event" if self.waiter is not None else ""
+
+    def where_it_stands(self) -> str:
+        report = self.reader.report()
+        if report is not None and not report_is_for(report, self.etag, self.uploaded_at):
+            return "the report is another upload's: the manifest was uploaded again, this run was superseded"
+        return str(report.get("status")) if report else "no report yet"
+
+
 def cmd_submit(args: argparse.Namespace) -> int:
     from labeler.local.runner import MANIFEST_SUFFIXES, OutputReader, current_records, follow_progress
 
@@ -236,46 +289,52 @@ def cmd_submit(args: argparse.Namespace) -> int:
     require_bucket(s3, buckets.input, "input")
     require_bucket(s3, buckets.output, "output")
 
+    queue_url = completion_queue_url(args, session)
     s3.put_object(Bucket=buckets.input, Key=key, Body=path.read_bytes(), ContentType="application/json")
     head = s3.head_object(Bucket=buckets.input, Key=key)
-    etag, uploaded_at = str(head["ETag"]).strip('"'), head["LastModified"]
     err.print(f"uploaded s3://{buckets.input}/{key} ({total if total is not None else '?'} entries)", markup=False)
-
-    reader = OutputReader(s3, buckets.output, buckets.input, key)
-    state: dict[str, Any] = {"report": None, "written": 0}
-
-    def written() -> int:
-        state["written"] = reader.count(since=uploaded_at - CLOCK_SLACK)
-        return int(state["written"])
-
-    def finished() -> bool:
-        report = reader.report()
-        if report_is_for(report, etag, uploaded_at):
-            state["report"] = report
-            assert report is not None
-            return report_is_final(report, reader.count(since=uploaded_at - CLOCK_SLACK))
-        return False
+    follower = UploadFollower(
+        OutputReader(s3, buckets.output, buckets.input, key), str(head["ETag"]).strip('"'), head["LastModified"]
+    )
+    if queue_url:
+        follower.wait_on(session.client("sqs"), queue_url, (buckets.input, key), head.get("VersionId"))
+        err.print(f"waiting for the run's completion event on {queue_url}", markup=False)
 
     follow_progress(
         err,
-        written,
+        follower.count,
         total,
-        finished,
+        follower.finished,
         description="labeling",
         interval=args.poll,
         timeout_seconds=args.timeout,
     )
-    report = state["report"]
-    final = report is not None and report_is_final(report, state["written"])
-    objects = [record for _, record in reader.records(since=uploaded_at - CLOCK_SLACK)]
+    report, event = follower.report, follower.event
+    if event is not None:
+        err.print(f"completion event: {event['detail-type']} ({event['detail'].get('status')})", markup=False)
+    objects = [record for _, record in follower.reader.records(since=follower.since)]
     records = current_records(objects, report.get("total") if report else None)
     show_results(out, records, report, f"s3://{buckets.input}/{key}", as_json=args.json)
-    if not final:
-        status = report.get("status") if report else "no report yet"
-        raise RunFailed(f"timed out after {args.timeout:g} s: {len(records)} of {total or '?'} records ({status})")
+    if report is None or not follower.ended():
+        raise RunFailed(
+            f"timed out after {args.timeout:g} s{follower.waited()}: {len(records)} of {total or '?'} "
+            f"records ({follower.where_it_stands()})"
+        )
     if report.get("status") != "complete":
         raise RunFailed(f"the run ended {report.get('status')}: {(report.get('error') or {}).get('message', '')}")
     return 0
+
+
+def completion_queue_url(args: argparse.Namespace, session: Any) -> str | None:
+    """Where ``submit`` waits for the completion event: ``--completion-queue``, else the stack's
+    ``CompletionQueueUrl`` output, else ``COMPLETION_QUEUE_URL``; None: poll the report instead."""
+    if getattr(args, "completion_queue", None):
+        return str(args.completion_queue)
+    if getattr(args, "stack", None):
+        url = stack_outputs(session, args.stack).get("CompletionQueueUrl")
+        if url:
+            return url
+    return os.environ.get("COMPLETION_QUEUE_URL") or None
 
 
 # --- results and gallery ------------------------------------------------------------------------------
@@ -505,6 +564,12 @@ def build_parser() -> argparse.ArgumentParser:
     submit.add_argument("--key", help="object key in the input bucket (default: manifests/<file name>)")
     submit.add_argument("--timeout", type=float, default=900.0, help="stop waiting after this many seconds (900)")
     submit.add_argument("--poll", type=float, default=1.0, help="seconds between progress checks (1)")
+    submit.add_argument(
+        "--completion-queue",
+        metavar="URL",
+        help="wait for the run's completion event on this SQS queue (default: the stack's CompletionQueueUrl "
+        "output, else COMPLETION_QUEUE_URL); without one, the report is polled",
+    )
     submit.add_argument("--json", action="store_true", help="print the report and records as JSON")
     submit.set_defaults(func=cmd_submit)
 

@@ -877,6 +877,51 @@ def test_completion_events_go_to_the_default_bus_only_with_our_source(
     assert events_statements == [statement]
 
 
+def test_the_completion_queue_gets_this_stacks_completion_events_and_nothing_else(template: dict[str, Any]) -> None:
+    from labeler.local.events import COMPLETION_EVENT_PATTERN
+
+    assert template["Parameters"]["CompletionQueue"]["Default"] == "Enabled"
+    assert template["Conditions"]["HasCompletionQueue"] == {"Fn::Equals": [{"Ref": "CompletionQueue"}, "Enabled"]}
+    for name in ("CompletionEventsQueue", "CompletionEventsRule", "CompletionEventsQueuePolicy"):
+        assert template["Resources"][name]["Condition"] == "HasCompletionQueue", name
+    rule = props(template, "CompletionEventsRule")
+    assert (rule["EventBusName"], rule["State"]) == ("default", "ENABLED")
+    assert rule["EventPattern"] == {
+        **COMPLETION_EVENT_PATTERN,
+        "detail": {"report": {"bucket": [{"Ref": "OutputBucket"}]}},
+    }
+    assert rule["Targets"] == [{"Id": "completion-queue", "Arn": {"Fn::GetAtt": ["CompletionEventsQueue", "Arn"]}}]
+    queue = props(template, "CompletionEventsQueue")
+    assert queue["SqsManagedSseEnabled"] is True and queue["MessageRetentionPeriod"] == 3600
+    allow, deny = props(template, "CompletionEventsQueuePolicy")["PolicyDocument"]["Statement"]
+    assert allow["Principal"] == {"Service": "events.amazonaws.com"} and allow["Action"] == "sqs:SendMessage"
+    assert allow["Condition"] == {"ArnEquals": {"aws:SourceArn": {"Fn::GetAtt": ["CompletionEventsRule", "Arn"]}}}
+    assert deny["Effect"] == "Deny" and deny["Condition"] == {"Bool": {"aws:SecureTransport": "false"}}
+    output = template["Outputs"]["CompletionQueueUrl"]
+    assert output["Condition"] == "HasCompletionQueue" and output["Value"] == {"Ref": "CompletionEventsQueue"}
+
+
+def test_the_completion_rule_routes_the_events_the_functions_put_for_this_stack_only(template: dict[str, Any]) -> None:
+    from labeler.adapters.events import CompletionEvents
+    from labeler.local.embedded_aws import EmbeddedAws
+    from labeler.local.events import CompletionWaiter
+
+    pattern = json.loads(
+        json.dumps(props(template, "CompletionEventsRule")["EventPattern"]).replace(
+            json.dumps({"Ref": "OutputBucket"}), json.dumps("this-stack-output")
+        )
+    )
+    report = {"manifest": {"bucket": "in", "key": "m.json", "etag": "e1"}, "status": "complete", "total": 1}
+    with EmbeddedAws(set_environment=False) as aws:
+        queue_url = aws.route_events_to_queue("template-rule", pattern, "template-rule-queue")
+        for bucket in ("another-stack-output", "this-stack-output"):
+            CompletionEvents(aws.client("events"), output_bucket=bucket).publish(report, "reports/m.json")
+        sqs = aws.client("sqs")
+        event = CompletionWaiter(sqs, queue_url, manifest=("in", "m.json")).wait(timeout_seconds=10)
+        assert event is not None and event["detail"]["report"]["bucket"] == "this-stack-output"
+        assert not sqs.receive_message(QueueUrl=queue_url, WaitTimeSeconds=1).get("Messages")
+
+
 SOURCE_CASES = [
     ([""], "aws", None),
     (["photos-a"], "aws", ["arn:aws:s3:::photos-a/*"]),

@@ -164,6 +164,69 @@ def test_submit_json_reports_only_the_new_run(
     assert document["records"][0]["labels"] == SAMPLE_LABELS
 
 
+def submit_args(buckets: Buckets, manifest: Path, *extra: str) -> list[str]:
+    return ["submit", str(manifest), "--input-bucket", buckets.input, "--output-bucket", buckets.output, *extra]
+
+
+@pytest.mark.usefixtures("lambda_env", "quiet_metrics")
+def test_submit_waits_for_the_runs_completion_event_on_the_stacks_completion_queue(
+    buckets: Buckets,
+    photos: LoopbackServer,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    completion_queue: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("AWS_ENDPOINT_URL_CLOUDFORMATION", buckets.aws.endpoint_url)
+    stack = f"labeler-events-{buckets.input}"
+    outputs = {
+        "InputBucketName": buckets.input,
+        "OutputBucketName": buckets.output,
+        "CompletionQueueUrl": completion_queue,
+    }
+    template = {
+        "Resources": {"Queue": {"Type": "AWS::SQS::Queue"}},
+        "Outputs": {name: {"Value": value} for name, value in outputs.items()},
+    }
+    buckets.aws.client("cloudformation").create_stack(StackName=stack, TemplateBody=json.dumps(template))
+    queue = S3EventQueue(buckets.aws.client("sqs"), buckets.s3, buckets.input).connect()
+    lambda_ = PlayLambda(queue, "manifests/photos.json")
+    lambda_.start()
+
+    status, out, err = run(capsys, "submit", str(manifest_file(tmp_path, photos)), "--stack", stack)
+
+    lambda_.join(10)
+    assert lambda_.error is None, lambda_.error
+    assert status == 0, err
+    assert f"waiting for the run's completion event on {completion_queue}" in err
+    assert "completion event: Manifest Labeled (complete)" in err
+    assert f"report: complete · {ENTRIES} entries · {len(PHOTOS)} succeeded · {len(BROKEN)} failed" in out
+
+
+@pytest.mark.usefixtures("lambda_env", "quiet_metrics")
+def test_with_a_completion_queue_submit_ends_on_the_event_not_on_the_report(
+    buckets: Buckets, photos: LoopbackServer, tmp_path: Path, capsys: pytest.CaptureFixture[str], completion_queue: str
+) -> None:
+    from labeler.handlers.composition import get_services
+
+    get_services().on_run_finished = lambda report: None  # the run completes, but puts no event
+    queue = S3EventQueue(buckets.aws.client("sqs"), buckets.s3, buckets.input).connect()
+    lambda_ = PlayLambda(queue, "manifests/photos.json")
+    lambda_.start()
+
+    status, _, err = run(
+        capsys,
+        *submit_args(
+            buckets, manifest_file(tmp_path, photos), "--completion-queue", completion_queue, "--timeout", "3"
+        ),
+    )
+
+    lambda_.join(10)
+    assert buckets.report()["status"] == "complete"
+    assert status == 1
+    assert "timed out after 3 s waiting for the completion event" in err
+
+
 @pytest.mark.usefixtures("lambda_env")
 def test_submit_times_out_with_status_1_when_nothing_processes_the_upload(
     buckets: Buckets, photos: LoopbackServer, tmp_path: Path, capsys: pytest.CaptureFixture[str]

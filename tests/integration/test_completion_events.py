@@ -7,9 +7,7 @@ local helper, as the README's rule) delivers to SQS, and the event is read back 
 from __future__ import annotations
 
 import doctest
-import itertools
 import json
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -25,9 +23,7 @@ from labeler.adapters.events import (
     completion_entry,
 )
 from labeler.local.embedded_aws import EmbeddedAws
-from labeler.local.events import COMPLETION_EVENT_PATTERN, create_completion_queue, wait_for_completion_event
-
-_numbers = itertools.count()
+from labeler.local.events import COMPLETION_EVENT_PATTERN, wait_for_completion_event
 
 
 def report(status: str = "complete", key: str = "manifests/cats.json", **extra: Any) -> dict[str, Any]:
@@ -48,16 +44,6 @@ def report(status: str = "complete", key: str = "manifests/cats.json", **extra: 
         "finished_at": "2026-11-25T10:00:01.000Z",
         **extra,
     }
-
-
-@pytest.fixture
-def completion_queue(embedded_aws: EmbeddedAws) -> Iterator[str]:
-    number = next(_numbers)
-    url = create_completion_queue(embedded_aws, queue_name=f"completion-{number}", rule_name=f"completion-{number}")
-    yield url
-    events = embedded_aws.client("events")  # one rule per test: a later test's queue gets only its own events
-    events.remove_targets(Rule=f"completion-{number}", Ids=["queue"])
-    events.delete_rule(Name=f"completion-{number}")
 
 
 def test_doctests() -> None:

@@ -90,6 +90,17 @@ def test_the_demo_labels_the_photos_and_writes_the_gallery(
     assert f"{ENTRIES}/{ENTRIES}" in out
     assert "Cat 92" in out or "Cat 91" in out or "Cat 93" in out
     assert "✓ every entry has a record" in out
+    # Told when it was done: the run's completion event came through the rule's queue.
+    assert "event     Manifest Labeled (complete, 11 entries): the default bus → the completion rule" in out
+    # The ending: a named query of the template on DuckDB over the index the run wrote.
+    ending = out[out.index("index:    1 object(s) under s3://") :]
+    assert f"{ENTRIES} rows (one per entry)" in ending
+    assert "images_with_label (a named query of template.yaml" in ending
+    found = [line.split("│")[1:3] for line in ending.splitlines() if line.startswith("│")]
+    assert [(label.strip(), image_id.strip()) for label, image_id in found] == [
+        ("Cat", "chelsea-the-cat"),
+        ("Coffee", "coffee"),
+    ]
     for port in {int(p) for p in _ports_in(out)}:
         assert not accepts_connections(port)
 

@@ -19,6 +19,7 @@ import pytest
 
 from labeler.handlers import manifest_created
 from labeler.handlers.composition import reset_services
+from labeler.logic.index_rows import decode_index_object
 from tests.conftest import Buckets, FakeLambdaContext
 from tests.support.fake_rekognition import FakeRekognition
 from tests.support.site import Site
@@ -186,7 +187,10 @@ def test_a_hostile_entry_gets_exactly_one_error_record_and_nothing_else(
     assert (report["total"], report["succeeded"], report["failed"]) == (1, 0, 1)
     assert report["errors_by_code"] == {case.code: 1}
     assert fake_rekognition.state.successful_calls == 0
-    assert [key for key in buckets.output_keys() if not key.startswith(("results/", "reports/"))] == []
+    assert [key for key in buckets.output_keys() if not key.startswith(("results/", "reports/", "index/"))] == []
+    [index] = buckets.output_keys("index/")  # the run's one index object: the entry's error row
+    rows = decode_index_object(buckets.s3.get_object(Bucket=buckets.output, Key=index)["Body"].read())
+    assert [(row["status"], row["error_code"]) for row in rows] == [("error", case.code)]
     if not case.private_networks:
         assert all(site.hits(path) == 0 for path in SITE_PATHS), "a refused address was contacted"
 

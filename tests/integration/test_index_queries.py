@@ -1,10 +1,9 @@
 """The template's named queries, unmodified, on DuckDB over the index of real runs (the demo's photos).
 
-Two runs of the demo's sample manifest go through the real handler (offline model, embedded S3); the
-index rows of each run are written from its result records with ``IndexWriter``, as the pipeline will
-write them, and every ``AWS::Athena::NamedQuery`` of template.yaml runs on DuckDB with only the table
-name left as it is (or qualified, as the Athena console writes it). Expected answers are computed
-from the result records themselves, not from SQL.
+Two runs of the demo's sample manifest go through the real handler (offline model, embedded S3), which
+writes each run's index object itself, and every ``AWS::Athena::NamedQuery`` of template.yaml runs on
+DuckDB over those objects with only the table name left as it is (or qualified, as the Athena console
+writes it). Expected answers are computed from the result records themselves, not from SQL.
 """
 
 from __future__ import annotations
@@ -24,7 +23,7 @@ from labeler.local.named_queries import NAMED_QUERIES, TEMPLATE_RESOURCES
 from labeler.local.query import LocalIndex
 from labeler.local.runner import LocalLambdaContext
 from labeler.local.samples import BROKEN, PHOTOS, sample_manifest, sample_routes
-from labeler.logic.index_rows import INDEX_PREFIX, INLINE_PART, IndexRun, IndexWriter
+from labeler.logic.index_rows import INDEX_PREFIX
 from tests.conftest import Buckets
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -32,14 +31,6 @@ MANIFEST_KEY = "manifests/demo.json"
 RAISED_CONFIDENCE = 90.0
 
 pytestmark = [pytest.mark.model, pytest.mark.usefixtures("lambda_env")]
-
-
-class BucketStore:
-    def __init__(self, s3: Any, bucket: str) -> None:
-        self.s3, self.bucket = s3, bucket
-
-    def put_bytes(self, key: str, data: bytes, content_type: str) -> None:
-        self.s3.put_object(Bucket=self.bucket, Key=key, Body=data, ContentType=content_type)
 
 
 def template_queries() -> dict[str, str]:
@@ -60,7 +51,7 @@ def photos() -> Iterator[LoopbackServer]:
 
 
 def label_run(buckets: Buckets, photos: LoopbackServer, monkeypatch: pytest.MonkeyPatch, **env: str) -> dict[str, Any]:
-    """Upload the demo manifest, run the real handler on its event, write the run's index object; the run's facts."""
+    """Upload the demo manifest and run the real handler on its event (it writes the run's index object)."""
     from labeler.handlers import manifest_created
     from labeler.handlers.composition import reset_services
 
@@ -72,14 +63,7 @@ def label_run(buckets: Buckets, photos: LoopbackServer, monkeypatch: pytest.Monk
     event = buckets.put_manifest(MANIFEST_KEY, sample_manifest(photos.url))
     manifest_created.handler(event, LocalLambdaContext())
     records = buckets.records()
-    sequencer = event["Records"][0]["s3"]["object"]["sequencer"]
-    run = IndexRun(
-        buckets.input, MANIFEST_KEY, None, run_id=sequencer, run_order=sequencer, run_date=date(2026, 11, 25)
-    )
-    writer = IndexWriter(BucketStore(buckets.s3, buckets.output), run, INLINE_PART)
-    for record in records:
-        writer.add(record)
-    assert writer.write() is not None
+    sequencer = event["Records"][0]["s3"]["object"]["sequencer"]  # the run id of an unversioned bucket's upload
     return {"run_id": sequencer, "records": records}
 
 

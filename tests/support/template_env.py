@@ -44,7 +44,7 @@ _NO_VALUE = object()  # AWS::NoValue: the property (or variable) is left out
 # What a harness must set whatever the template says: the image host is on loopback.
 REQUIRED_OVERRIDES = {"ALLOW_PRIVATE_NETWORKS": "true"}
 QUOTA_VARIABLE = "REKOGNITION_MAX_TPS"
-ENDPOINT_SERVICES = ("S3", "SQS", "DYNAMODB", "REKOGNITION")
+ENDPOINT_SERVICES = ("S3", "SQS", "DYNAMODB", "REKOGNITION", "EVENTBRIDGE")
 
 
 class TemplateError(ValueError):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import doctest
 import threading
 from datetime import date
+from itertools import permutations
 from typing import Any
 
 import pytest
@@ -26,7 +27,7 @@ from labeler.logic.index_rows import (
     index_row,
 )
 from labeler.models.errors import HttpStatusError
-from labeler.models.records import ResultRecord
+from labeler.models.records import ManifestRef, ResultRecord, RunStamp
 from tests.conftest import Buckets
 
 RUN = IndexRun(
@@ -196,3 +197,22 @@ def test_the_writer_puts_one_object_per_part_and_a_retry_overwrites_it(buckets: 
     rows = decode_index_object(buckets.s3.get_object(Bucket=buckets.output, Key=key)["Body"].read())
     assert [row["entry_index"] for row in rows] == list(range(41))
     assert rows[-1]["error_code"] == "http_status"
+
+
+def test_run_order_sorts_runs_as_the_record_guards_do() -> None:
+    stamps = [
+        RunStamp("v1", sequencer="00A1B", modified="20261125T100000Z"),
+        RunStamp("v2", sequencer="A1C", modified="20261125T100000Z"),  # shorter, but later: padding decides
+        RunStamp("v3", sequencer="0000B000", modified="20261125T095959Z"),
+        RunStamp("v4", sequencer="FFFFFFFFFFFFFFFFFF", modified="20261124T000000Z"),
+    ]
+    for older, newer in permutations(stamps, 2):
+        assert (newer.sort_key() > older.sort_key()) == newer.is_newer_than(older), (older, newer)
+    ref = ManifestRef("in", "a.json", version_id="v9", sequencer="0A", last_modified="20261125T100000Z")
+    run = index_rows.index_run(ref)
+    assert (run.run_id, run.manifest_version, run.run_order) == ("v9", "v9", ref.stamp.sort_key())
+    assert run.run_date == date(2026, 11, 25)  # no event time: the manifest's LastModified
+    later = index_rows.index_run(
+        ManifestRef("in", "a.json", event_time="2026-11-24T23:59:59.999Z", last_modified="20261125T000001Z")
+    )
+    assert later.run_date == date(2026, 11, 24)  # the event's time wins: the upload's day, not the read's

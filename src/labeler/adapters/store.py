@@ -109,6 +109,7 @@ class S3Store:
             size=response.get("ContentLength", ref.size),
             sequencer=ref.sequencer,
             last_modified=_basic_utc(response.get("LastModified")) or ref.last_modified,
+            event_time=ref.event_time,
         )
         return OpenedManifest(ref=opened, body=response["Body"])
 
@@ -147,8 +148,17 @@ class S3Store:
                 raise PreconditionFailed(f"{key}: {code}") from exc
             raise
 
+    def put_bytes(self, key: str, data: bytes, content_type: str) -> None:
+        """Write ``data`` as it is (an index object: a deterministic key, rewritten whole by a retry)."""
+        self.client.put_object(Bucket=self.output_bucket, Key=key, Body=data, ContentType=content_type)
+
     def get_json(self, key: str) -> dict[str, Any] | None:
         """The JSON document at ``key``, or None when there is none."""
+        found = self.get_json_with_metadata(key)
+        return None if found is None else found[0]
+
+    def get_json_with_metadata(self, key: str) -> tuple[dict[str, Any], dict[str, str]] | None:
+        """The JSON document at ``key`` and its user metadata (which run wrote it), or None when there is none."""
         from botocore.exceptions import ClientError
 
         try:
@@ -158,7 +168,7 @@ class S3Store:
                 return None
             raise
         document: dict[str, Any] = json.loads(response["Body"].read())
-        return document
+        return document, dict(response.get("Metadata", {}))
 
     def head(self, key: str) -> ObjectHead | None:
         """The ETag and user metadata of ``key`` (cheap: no body), or None when there is no object."""

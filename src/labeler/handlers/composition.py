@@ -10,12 +10,14 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
+from labeler.adapters.events import CompletionEvents, build_events_client
 from labeler.adapters.fetch import FetchPolicy, ImageFetcher
 from labeler.adapters.labels import get_backend
 from labeler.adapters.labels.base import LabelBackend
 from labeler.adapters.store import S3Store, build_s3_client
 from labeler.handlers.idempotency import OncePerDelivery
 from labeler.logic.cache import LabelCache
+from labeler.logic.keys import report_key
 from labeler.logic.pipeline import Deadline, FanOutSplit, Services
 from labeler.models.records import EntryItem, ManifestRef
 from labeler.models.settings import Settings
@@ -86,16 +88,41 @@ def build_services(settings: Settings) -> Services:
         backend=backend,
         cache=cache,
         progress=progress,
-        on_run_finished=run_finished,
+        on_run_finished=RunFinished(settings.output_bucket),
     )
 
 
-def run_finished(report: dict[str, Any]) -> None:
-    """Called once per run, after its final report is stored (pipeline.finish_run): the place for an event."""
-    logger.info(
-        "run finished",
-        extra={"manifest": report.get("manifest"), "status": report.get("status"), "total": report.get("total")},
-    )
+class RunFinished:
+    """The end of a run (``Services.on_run_finished``, called once per run after its final report is stored):
+    puts its completion event, ``Manifest Labeled`` or ``Manifest Failed``, on the default bus.
+
+    A refused or failed PutEvents raises: ``pipeline.finish_run`` releases the run's claim and the
+    delivery fails, so its retry puts the event. The client is built on the first run's end.
+    """
+
+    def __init__(self, output_bucket: str) -> None:
+        self.output_bucket = output_bucket
+        self._events: CompletionEvents | None = None
+        self._lock = threading.Lock()
+
+    def events(self) -> CompletionEvents:
+        with self._lock:
+            if self._events is None:
+                self._events = CompletionEvents(build_events_client(), output_bucket=self.output_bucket)
+            return self._events
+
+    def __call__(self, report: dict[str, Any]) -> None:
+        key = report_key(ManifestRef.from_dict(report["manifest"]))
+        event_id = self.events().publish(report, key)
+        logger.info(
+            "run finished",
+            extra={
+                "manifest": report.get("manifest"),
+                "status": report.get("status"),
+                "total": report.get("total"),
+                "event_id": event_id,
+            },
+        )
 
 
 def build_fanout(services: Services) -> FanOut | None:

@@ -40,6 +40,7 @@ def manifest_ref(record: dict[str, Any]) -> ManifestRef:
         version_id=s3_object.get("versionId") or None,
         size=s3_object.get("size"),
         sequencer=s3_object.get("sequencer") or None,  # S3-compatible endpoints (moto) may omit it
+        event_time=record.get("eventTime") or None,  # the run's date in the index, whenever its parts are written
     )
 
 

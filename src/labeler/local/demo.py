@@ -10,8 +10,12 @@ What happens, in the order a user sees it:
 3. The manifest is uploaded with boto3; the event S3 sent for it is taken from the queue and given to
    :func:`labeler.handlers.manifest_created.handler` (the Lambda's own entry point) with a Lambda
    context, ``LABEL_BACKEND=local`` (the offline model) and ``ALLOW_PRIVATE_NETWORKS=true``.
-4. A progress bar counts the result objects as they appear; then a table of labels or error codes,
-   the report's summary, and ``demo-output/`` (``gallery.html``, ``results/*.json``, ``report.json``).
+4. A progress bar counts the result objects as they appear until the run's completion event arrives (the
+   embedded endpoint's default bus carries the README's rule, with an SQS target); then a table of labels
+   or error codes, the report's summary, and ``demo-output/`` (``gallery.html``, ``results/*.json``,
+   ``report.json``).
+5. It ends with one of the template's named queries (``images_with_label``: the photos with Cat or
+   Coffee), run on DuckDB over the index object the run wrote.
 
 Everything is stopped afterwards (servers, ports, environment). Exit status 0 when the run did what it
 must: every entry has a record, the report adds up, the photos got the labels expected of them.
@@ -31,6 +35,7 @@ from types import TracebackType
 from typing import Any
 
 from labeler.local.embedded_aws import EmbeddedAws
+from labeler.local.events import CompletionWaiter, create_completion_queue
 from labeler.local.runner import (
     HandlerRun,
     LocalLambdaContext,
@@ -59,6 +64,7 @@ OUTPUT_BUCKET = "s3il-demo-output"
 MANIFEST_KEY = "manifests/demo-photos.json"
 DEFAULT_OUTPUT_DIR = Path("demo-output")
 EVENT_WAIT_SECONDS = 10.0
+QUERY_MIN_CONFIDENCE = 50  # the demo's photos of a cat and a coffee are labeled far above it
 
 
 def make_console(stderr: bool = False) -> Any:
@@ -83,6 +89,7 @@ class DemoStack:
     output_bucket: str = OUTPUT_BUCKET
     aws: EmbeddedAws | None = None
     photos: Any = None
+    completion_queue: str = ""  # where the completion rule sends the run's event
     _env: Any = None
     started: list[str] = field(default_factory=list)
 
@@ -108,6 +115,7 @@ class DemoStack:
             self.started.append("aws")
             self.aws.create_bucket(self.input_bucket)
             self.aws.create_bucket(self.output_bucket)
+            self.completion_queue = create_completion_queue(self.aws)
             self.photos = LoopbackServer(sample_routes()).start()
             self.started.append("photos")
             self._env = handler_environment(self.environment())
@@ -228,7 +236,7 @@ def run_demo(stack: DemoStack, console: Any, output_dir: Path, timeout_seconds: 
     assert stack.aws is not None and stack.photos is not None
     manifest = sample_manifest(stack.photos.url)
     console.print(Text("s3-image-labeler demo: the Lambda handler, run on this machine", style="bold"))
-    console.print(f"  embedded S3 + SQS (moto server)   {stack.aws.endpoint_url}")
+    console.print(f"  embedded S3 + SQS + EventBridge   {stack.aws.endpoint_url}  (moto server)")
     console.print(f"  photo server (loopback)           {stack.photos.base_url}")
     console.print(
         "  ALLOW_PRIVATE_NETWORKS=true       the photos are on 127.0.0.1, so loopback is allowed for this run;"
@@ -248,9 +256,14 @@ def run_demo(stack: DemoStack, console: Any, output_dir: Path, timeout_seconds: 
     event, trigger = deliver_event(stack, json.dumps(manifest, indent=1).encode("utf-8"))
     console.print(f"  trigger   {trigger}", markup=False)
     context = LocalLambdaContext(timeout_seconds=900)
+    sequencer = event["Records"][0]["s3"]["object"].get("sequencer")  # the run id of an unversioned upload
+    waiter = CompletionWaiter(
+        stack.aws.client("sqs"), stack.completion_queue, manifest=(stack.input_bucket, MANIFEST_KEY), run_id=sequencer
+    )
     run = HandlerRun(event, context).start()
+    ended = RunEnd(run, waiter)
     reader = OutputReader(stack.aws.client("s3"), stack.output_bucket, stack.input_bucket, MANIFEST_KEY)
-    follow_progress(console, reader.count, len(manifest), lambda: run.done, timeout_seconds=timeout_seconds)
+    follow_progress(console, reader.count, len(manifest), ended.ended, timeout_seconds=timeout_seconds)
     problems: list[str] = []
     if not run.wait(5):
         problems.append(f"the handler did not finish within {timeout_seconds:.0f} s")
@@ -260,6 +273,15 @@ def run_demo(stack: DemoStack, console: Any, output_dir: Path, timeout_seconds: 
         summaries = (run.result or {}).get("manifests") or [{}]
         answer = ", ".join(f"{name} {summaries[0].get(name)}" for name in ("status", "total", "succeeded", "failed"))
         console.print(f"handler returned in {run.seconds:.1f} s: {answer}", style="dim", markup=False)
+    if ended.event is None:
+        problems.append("no completion event arrived (Manifest Labeled / Manifest Failed on the default bus)")
+    else:
+        detail = ended.event["detail"]
+        console.print(
+            f"event     {ended.event['detail-type']} ({detail.get('status')}, {detail.get('total')} entries):"
+            " the default bus → the completion rule → its SQS queue",
+            markup=False,
+        )
 
     pairs = reader.records()
     records = [record for _, record in pairs]
@@ -278,6 +300,8 @@ def run_demo(stack: DemoStack, console: Any, output_dir: Path, timeout_seconds: 
     gallery, results_dir = write_outputs(output_dir, pairs, report)
     console.print(f"gallery:  {gallery}  (open it in a browser)", markup=False)
     console.print(f"results:  {results_dir}/ ({len(pairs)} files), report: {output_dir / 'report.json'}", markup=False)
+    if report is not None:
+        problems.extend(query_the_index(stack, console, report, records))
     if problems:
         console.print(Text("the demo did not go as expected:", style="bold red"))
         for problem in problems:
@@ -291,6 +315,77 @@ def run_demo(stack: DemoStack, console: Any, output_dir: Path, timeout_seconds: 
             )
         )
     return DemoOutcome(records=records, report=report, problems=problems, trigger=trigger, output_dir=output_dir)
+
+
+@dataclass
+class RunEnd:
+    """When the demo's run has ended: its completion event arrived (or the handler failed, or it is long done)."""
+
+    run: HandlerRun
+    waiter: CompletionWaiter
+    event: dict[str, Any] | None = None
+    done_at: float | None = None
+
+    def ended(self) -> bool:
+        self.event = self.event or self.waiter.poll()
+        if self.event is not None:
+            return True
+        if not self.run.done:
+            return False
+        self.done_at = self.done_at or time.monotonic()
+        return self.run.error is not None or time.monotonic() - self.done_at > EVENT_WAIT_SECONDS
+
+
+def query_the_index(stack: DemoStack, console: Any, report: dict[str, Any], records: list[dict[str, Any]]) -> list[str]:
+    """The demo's ending: the template's ``images_with_label`` query on DuckDB over the index the run wrote.
+
+    It asks for the photos labeled Cat or Coffee (the first two sample photos' labels); what it must find
+    is what their records say. Returns what went wrong (empty: the index answered as the records do).
+    """
+    from rich.table import Table
+
+    from labeler.local.query import LocalIndex
+    from labeler.logic.index_rows import run_date
+    from labeler.models.records import ManifestRef
+
+    assert stack.aws is not None
+    since = run_date(ManifestRef.from_dict(report["manifest"])).isoformat()
+    wanted = {photo.image_id: _query_label(photo.expected, records, photo.image_id) for photo in PHOTOS[:2]}
+    table = Table(title="images_with_label (a named query of template.yaml, on DuckDB over the run's index)")
+    for column in ("label", "image id", "confidence", "url"):
+        table.add_column(column, overflow="fold")
+    problems: list[str] = []
+    with LocalIndex.from_bucket(stack.aws.client("s3"), stack.output_bucket) as index:
+        rows = index.query("SELECT count(*) FROM image_labels").rows[0][0]
+        console.print(
+            f"index:    {index.objects} object(s) under s3://{stack.output_bucket}/index/dt={since}/,"
+            f" {rows} rows (one per entry)",
+            markup=False,
+        )
+        if (index.objects, rows) != (1, len(records)):
+            problems.append(f"the index holds {index.objects} object(s) and {rows} rows, expected 1 and {len(records)}")
+        for image_id, label in wanted.items():
+            values = {"since": since, "label": label, "min_confidence": QUERY_MIN_CONFIDENCE}
+            found = index.run_named("images_with_label", values).records()
+            for row in found:
+                table.add_row(label, row["image_id"], f"{row['confidence']:.1f}", row["url"])
+            if image_id not in {row["image_id"] for row in found}:
+                problems.append(f"images_with_label {label} ≥ {QUERY_MIN_CONFIDENCE} did not find {image_id}")
+    console.print(table)
+    console.print(
+        f"  the same query: s3-image-labeler query --named images_with_label --param since={since}"
+        f" --param label=Cat --param min_confidence={QUERY_MIN_CONFIDENCE}  (in AWS: Athena, saved query"
+        " images_with_label)",
+        markup=False,
+        style="dim",
+    )
+    return problems
+
+
+def _query_label(expected: tuple[str, ...], records: list[dict[str, Any]], image_id: str) -> str:
+    """The first of a photo's expected labels its record has (the one the query will find)."""
+    names = {label.get("Name") for r in records if r.get("image_id") == image_id for label in r.get("labels") or []}
+    return next((name for name in expected if name in names), expected[0])
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:

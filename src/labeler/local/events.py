@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import json
 import time
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from labeler.adapters.events import DETAIL_TYPE_FAILED, DETAIL_TYPE_LABELED, SOURCE
@@ -37,16 +39,91 @@ def create_completion_queue(
     return url
 
 
-def _matches(event: dict[str, Any], manifest: tuple[str, str] | None, run_id: str | None) -> bool:
-    if event.get("source") != SOURCE or event.get("detail-type") not in (DETAIL_TYPE_LABELED, DETAIL_TYPE_FAILED):
-        return False
-    described = (event.get("detail") or {}).get("manifest") or {}
-    if manifest is not None and (described.get("bucket"), described.get("key")) != manifest:
-        return False
-    if run_id is not None:
-        runs = {described.get(name) for name in ("version_id", "sequencer", "etag")}
-        return run_id in runs
-    return True
+# A completion event nobody took this long after it was put is nobody's: a waiter drops it, so that a
+# queue shared by several waiters (the stack's CompletionQueue) never fills up with other runs' events.
+STALE_AFTER_SECONDS = 600.0
+# How much earlier than a waiter's ``not_before`` (S3's clock) a run may have started and still be its run.
+CLOCK_SLACK = timedelta(seconds=2)
+
+
+def _when(text: Any) -> datetime | None:
+    try:
+        moment = datetime.fromisoformat(str(text).replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
+@dataclass
+class CompletionWaiter:
+    """Takes the completion event of one manifest run from a queue the completion rule sends to.
+
+    ``manifest`` (bucket, key) and ``run_id`` (the version id, sequencer or ETag of the upload) say which
+    run; ``not_before`` (the upload's time) keeps an earlier run of the same bytes out when the run id is
+    an ETag. The matching message is deleted; others are made visible again at once for their waiters,
+    or deleted when they are stale (``STALE_AFTER_SECONDS`` old: nobody is waiting for them).
+    """
+
+    sqs: Any
+    queue_url: str
+    manifest: tuple[str, str] | None = None
+    run_id: str | None = None
+    not_before: datetime | None = None
+    stale_after_seconds: float = STALE_AFTER_SECONDS
+
+    def matches(self, event: dict[str, Any]) -> bool:
+        if event.get("source") != SOURCE or event.get("detail-type") not in (DETAIL_TYPE_LABELED, DETAIL_TYPE_FAILED):
+            return False
+        detail = event.get("detail") or {}
+        described = detail.get("manifest") or {}
+        if self.manifest is not None and (described.get("bucket"), described.get("key")) != self.manifest:
+            return False
+        if self.run_id is not None and self.run_id not in {
+            described.get(n) for n in ("version_id", "sequencer", "etag")
+        }:
+            return False
+        if self.not_before is not None:
+            started = _when(detail.get("started_at"))
+            return started is not None and started >= self.not_before - CLOCK_SLACK
+        return True
+
+    def _stale(self, event: dict[str, Any]) -> bool:
+        put_at = _when(event.get("time"))
+        return put_at is not None and (datetime.now(UTC) - put_at).total_seconds() > self.stale_after_seconds
+
+    def poll(self, wait_seconds: int = 0) -> dict[str, Any] | None:
+        """One receive (long-polling up to ``wait_seconds``): the run's event, or None if it has not come yet."""
+        messages = self.sqs.receive_message(
+            QueueUrl=self.queue_url, MaxNumberOfMessages=10, WaitTimeSeconds=max(0, min(20, wait_seconds))
+        ).get("Messages", [])
+        found = None
+        for message in messages:
+            try:
+                event = json.loads(message["Body"])
+            except ValueError:
+                event = {}
+            event = event if isinstance(event, dict) else {}
+            handle = message["ReceiptHandle"]
+            if found is None and self.matches(event):
+                found = event
+                self.sqs.delete_message(QueueUrl=self.queue_url, ReceiptHandle=handle)
+            elif self._stale(event):
+                self.sqs.delete_message(QueueUrl=self.queue_url, ReceiptHandle=handle)
+            else:
+                self.sqs.change_message_visibility(QueueUrl=self.queue_url, ReceiptHandle=handle, VisibilityTimeout=0)
+        return found
+
+    def wait(self, timeout_seconds: float = 900.0, poll_seconds: int = 1) -> dict[str, Any] | None:
+        """The run's event, or None when it has not come within ``timeout_seconds``."""
+        deadline = time.monotonic() + timeout_seconds
+        while (remaining := deadline - time.monotonic()) > 0:
+            wait = max(0, min(poll_seconds, int(remaining)))
+            found = self.poll(wait)
+            if found is not None:
+                return found
+            if wait == 0:
+                time.sleep(min(0.1, remaining))
+        return None
 
 
 def wait_for_completion_event(
@@ -62,29 +139,5 @@ def wait_for_completion_event(
 
     The matching message is deleted; others are made visible again at once for whoever waits for them.
     """
-    deadline = time.monotonic() + timeout_seconds
-    while True:
-        remaining = deadline - time.monotonic()
-        if remaining <= 0:
-            return None
-        wait = max(0, min(poll_seconds, int(remaining)))
-        messages = sqs.receive_message(QueueUrl=queue_url, MaxNumberOfMessages=10, WaitTimeSeconds=wait).get(
-            "Messages", []
-        )
-        found = None
-        for message in messages:
-            try:
-                event = json.loads(message["Body"])
-            except ValueError:
-                event = {}
-            if found is None and isinstance(event, dict) and _matches(event, manifest, run_id):
-                found = event
-                sqs.delete_message(QueueUrl=queue_url, ReceiptHandle=message["ReceiptHandle"])
-            else:
-                sqs.change_message_visibility(
-                    QueueUrl=queue_url, ReceiptHandle=message["ReceiptHandle"], VisibilityTimeout=0
-                )
-        if found is not None:
-            return found
-        if not messages and wait == 0:
-            time.sleep(min(0.1, max(0.0, remaining)))
+    waiter = CompletionWaiter(sqs, queue_url, manifest=manifest, run_id=run_id)
+    return waiter.wait(timeout_seconds, poll_seconds)

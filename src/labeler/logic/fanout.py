@@ -25,6 +25,7 @@ from typing import Any
 
 from labeler.adapters.progress import ProgressTable
 from labeler.adapters.queue import WorkQueue
+from labeler.logic.index_rows import batch_part
 from labeler.logic.keys import run_key
 from labeler.logic.pipeline import (
     Deadline,
@@ -37,8 +38,10 @@ from labeler.logic.pipeline import (
     process_entries,
     record_error,
     superseded_summary,
+    write_index,
 )
 from labeler.logic.report import RunState, Tally, publish_report
+from labeler.logic.run_index import PartIndex
 from labeler.models.errors import BatchFailed, LabelerError, ManifestError
 from labeler.models.records import EntryItem, ManifestEntry, ManifestRef, RejectedEntry
 from labeler.observability import logger
@@ -163,8 +166,11 @@ class FanOut:
         deadline: Deadline | None = None,
         on_outcome: Callable[[EntryOutcome], None] | None = None,
     ) -> RunResult:
-        """Label one batch and count it. Raises so that SQS delivers the message again when unfinished."""
-        result = process_entries(self.services, batch.manifest, batch.entries, deadline, on_outcome)
+        """Label one batch, write its index object and count it. Raises so that SQS delivers the message again
+        when unfinished."""
+        index = self.batch_index(batch)
+        result = process_entries(self.services, batch.manifest, batch.entries, deadline, index.observing(on_outcome))
+        write_index(index, result)
         if result.write_failures:
             raise ResultWriteFailed(f"{len(result.write_failures)} record(s) not written: {result.write_failures[0]}")
         if result.stopped_early and not result.superseded:
@@ -189,14 +195,21 @@ class FanOut:
             f"the last one failed with {last}" if last else "the last one was killed or timed out"
         )
         tally = Tally()
+        index = self.batch_index(batch)
+        observe = index.observing(on_outcome)
         for item in batch.entries:
             error = item.error if isinstance(item, RejectedEntry) else BatchFailed(reason[:500])
             outcome = record_error(self.services, batch.manifest, item, error)
             outcome.add_to(tally)
-            if on_outcome is not None:
-                on_outcome(outcome)
+            observe(outcome)
+        if tally.superseded == 0:  # a newer run took over: its own batches index these entries
+            index.write()
         self.complete_batch(batch, tally)
         return reason
+
+    def batch_index(self, batch: WorkBatch) -> PartIndex:
+        """The index object of one work batch (``b<batch>``: a redelivery overwrites it)."""
+        return PartIndex(self.services.store, batch.manifest, batch_part(batch.batch_index))
 
     def complete_batch(self, batch: WorkBatch, tally: Tally) -> None:
         if not self.progress.record_batch(run_key(batch.manifest), batch.batch_index, tally):

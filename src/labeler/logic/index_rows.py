@@ -37,8 +37,10 @@ import re
 import threading
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from datetime import date
+from datetime import UTC, date, datetime
 from typing import Any, Protocol
+
+from labeler.models.records import ManifestRef
 
 INDEX_PREFIX = "index/"
 # The Glue table (template.yaml) and the local DuckDB view share this name.
@@ -145,6 +147,43 @@ class IndexRun:
         """A fixed-length hex name for (bucket, key, run id): deterministic, and never starts with ``_`` or ``.``."""
         text = "\0".join((self.manifest_bucket, self.manifest_key, self.run_id))
         return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()[:RUN_TOKEN_HEX_DIGITS]
+
+
+def run_date(manifest: ManifestRef) -> date:
+    """The run's partition date (UTC): the S3 event's ``eventTime``, else the manifest's ``LastModified``.
+
+    Both are the same for every delivery, batch and retry of a run; the write time is not. Only a
+    reference that knows neither (never the pipeline's: it has read the manifest) falls back to today.
+
+    >>> run_date(ManifestRef("in", "a.json", event_time="2026-11-25T23:59:59.000-02:00"))
+    datetime.date(2026, 11, 26)
+    >>> run_date(ManifestRef("in", "a.json", last_modified="20261124T101112Z"))
+    datetime.date(2026, 11, 24)
+    """
+    if manifest.event_time:
+        try:
+            moment = datetime.fromisoformat(manifest.event_time.replace("Z", "+00:00"))
+            return (moment if moment.tzinfo else moment.replace(tzinfo=UTC)).astimezone(UTC).date()
+        except ValueError:
+            pass  # not ISO 8601: the manifest's own time decides
+    if manifest.last_modified:
+        try:
+            return datetime.strptime(manifest.last_modified, "%Y%m%dT%H%M%SZ").date()
+        except ValueError:
+            pass
+    return datetime.now(UTC).date()
+
+
+def index_run(manifest: ManifestRef) -> IndexRun:
+    """The :class:`IndexRun` of a manifest run as the pipeline knows it (the reference a run or batch carries)."""
+    return IndexRun(
+        manifest_bucket=manifest.bucket,
+        manifest_key=manifest.key,
+        manifest_version=manifest.version_id,
+        run_id=manifest.run_id,
+        run_order=manifest.stamp.sort_key(),
+        run_date=run_date(manifest),
+    )
 
 
 def batch_part(batch_index: int) -> str:

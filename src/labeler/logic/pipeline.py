@@ -39,9 +39,11 @@ from labeler.adapters.labels.base import LabelBackend
 from labeler.adapters.store import ObjectHead, OpenedManifest
 from labeler.logic.cache import CachedLabels, KeyedLocks, LabelCache, UrlMemo
 from labeler.logic.guard import NOT_LOOKED, GuardedStore, Head, Verdict, guarded_put, judge
+from labeler.logic.index_rows import INLINE_PART
 from labeler.logic.keys import entry_key, run_key
 from labeler.logic.manifest import parse_manifest
 from labeler.logic.report import RunState, Tally, publish_report, utc_now
+from labeler.logic.run_index import IndexWriteFailed, PartIndex
 from labeler.models.errors import (
     DownloadTimeout,
     InternalError,
@@ -68,6 +70,10 @@ class ResultStore(GuardedStore, Protocol):
     """What the pipeline needs from storage (``labeler.adapters.store.S3Store`` in production)."""
 
     def get_json(self, key: str) -> dict[str, Any] | None: ...
+
+    def get_json_with_metadata(self, key: str) -> tuple[dict[str, Any], dict[str, str]] | None: ...
+
+    def put_bytes(self, key: str, data: bytes, content_type: str) -> None: ...
 
     def open_manifest(self, ref: ManifestRef) -> OpenedManifest: ...
 
@@ -164,6 +170,9 @@ class EntryOutcome:
     superseded: bool = False
     download_ms: float = 0.0
     label_ms: float = 0.0
+    # For the run's index rows: the record this attempt stored, or where the record of an entry found done is.
+    record: dict[str, Any] | None = None
+    record_key: str | None = None
 
     def add_to(self, tally: Tally) -> None:
         tally.add_outcome(
@@ -178,12 +187,13 @@ class EntryOutcome:
         )
 
     @classmethod
-    def of_existing(cls, verdict: Verdict, existing: ObjectHead) -> EntryOutcome:
-        """The outcome of an entry whose key holds a record of this run (done) or of a newer run (superseded)."""
+    def of_existing(cls, verdict: Verdict, existing: ObjectHead, key: str) -> EntryOutcome:
+        """The outcome of an entry whose ``key`` holds a record of this run (done) or of a newer run (superseded)."""
         if verdict is Verdict.SUPERSEDED:
             return cls(ok=False, superseded=True)
         ok = existing.metadata.get("status") == "ok"
-        return cls(ok=ok, code=None if ok else existing.metadata.get("code", "internal_error"), already_done=True)
+        code = None if ok else existing.metadata.get("code", "internal_error")
+        return cls(ok=ok, code=code, already_done=True, record_key=key)
 
 
 class InvocationTally:
@@ -264,13 +274,15 @@ def _store_record(
     if record.error is not None:
         metadata["code"] = str(record.error.code)
     key = entry_key(manifest, item)
+    document = record.to_dict()
     try:
-        written = guarded_put(services.store, key, record.to_dict(), metadata, manifest.stamp, head=head)
+        written = guarded_put(services.store, key, document, metadata, manifest.stamp, head=head)
     except Exception as exc:
         raise ResultWriteFailed(f"cannot write {key}: {exc}") from exc
     if written.verdict is Verdict.WRITTEN or written.existing is None:
+        outcome.record = document
         return outcome
-    return EntryOutcome.of_existing(written.verdict, written.existing)
+    return EntryOutcome.of_existing(written.verdict, written.existing, key)
 
 
 def record_error(
@@ -458,7 +470,7 @@ def label_entry(
     if isinstance(head, ObjectHead):
         verdict = judge(head, manifest.stamp)
         if verdict is not None:
-            return EntryOutcome.of_existing(verdict, head)
+            return EntryOutcome.of_existing(verdict, head, entry_key(manifest, entry))
     timings = _Timings()
     try:
         record, outcome = _label(services, entry, ahead.memo(), timings, deadline)
@@ -606,6 +618,19 @@ def superseded_summary(manifest: ManifestRef, tally: Tally) -> dict[str, Any]:
     return {"manifest": manifest.to_dict(), "status": "superseded", **tally.to_dict()}
 
 
+def write_index(index: PartIndex, run: RunResult) -> None:
+    """Write the part's index object once every entry of the part has its record; a failure is a write failure.
+
+    Nothing is written while entries are left for the retry (it writes the whole object again).
+    """
+    if run.write_failures or run.stopped_early or run.superseded:
+        return
+    try:
+        index.write()
+    except IndexWriteFailed as exc:
+        run.write_failures.append(str(exc))
+
+
 def finish_run(services: Services, manifest: ManifestRef, state: RunState) -> dict[str, Any]:
     """Store the run's final report, then call ``on_run_finished`` once per run; returns the report.
 
@@ -672,9 +697,11 @@ def process_manifest(
     if fan_out is not None and fans_out:
         return fan_out(manifest, entries, head, deadline)
 
-    run = process_entries(services, manifest, chain(head, entries), deadline, on_outcome)
+    index = PartIndex(services.store, manifest, INLINE_PART)
+    run = process_entries(services, manifest, chain(head, entries), deadline, index.observing(on_outcome))
     if run.superseded:
         return superseded_summary(manifest, run.tally)
+    write_index(index, run)
     if run.write_failures or run.stopped_early:
         publish_report(services.store, manifest, RunState(run.tally, "incomplete", mode, run.manifest_error))
         if run.write_failures:

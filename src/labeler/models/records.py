@@ -11,6 +11,9 @@ from typing import Any
 
 from labeler.models.errors import LabelerError
 
+# S3 sequencers are hexadecimal of varying length (18 digits today): padded to this many to sort as text.
+SORT_KEY_SEQUENCER_DIGITS = 32
+
 
 @dataclass(frozen=True)
 class RunStamp:
@@ -47,6 +50,19 @@ class RunStamp:
     def is_newer_than(self, other: RunStamp) -> bool:
         return self._order(other) > other._order(self)
 
+    def sort_key(self) -> str:
+        """A text that sorts the runs of one manifest as :meth:`is_newer_than` does (the index's ``run_order``).
+
+        The sequencer left-padded to 32 digits (none: zeros), then the modification time, then the run
+        id. Runs with and without a sequencer compare by sequencer first here; within one deployment
+        either every event carries one (S3) or none does (some S3-compatible endpoints).
+
+        >>> RunStamp("v2", sequencer="00A1C").sort_key() > RunStamp("v1", sequencer="0A1B").sort_key()
+        True
+        """
+        sequencer = self.sequencer.upper().lstrip("0").rjust(SORT_KEY_SEQUENCER_DIGITS, "0")
+        return f"{sequencer}-{self.modified}-{self.run_id}"
+
     def _order(self, other: RunStamp) -> tuple[str, str, str]:
         if self.sequencer and other.sequencer:
             width = max(len(self.sequencer), len(other.sequencer))
@@ -67,6 +83,8 @@ class ManifestRef:
     sequencer: str | None = None
     # The object's LastModified (GetObject), "YYYYMMDDTHHMMSSZ": orders runs when events carry no sequencer.
     last_modified: str | None = None
+    # The S3 event's eventTime (ISO 8601): the run's date in the index, the same for every batch and retry.
+    event_time: str | None = None
 
     @property
     def run_id(self) -> str:
@@ -79,7 +97,7 @@ class ManifestRef:
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {"bucket": self.bucket, "key": self.key}
-        for name in ("etag", "version_id", "sequencer", "last_modified"):
+        for name in ("etag", "version_id", "sequencer", "last_modified", "event_time"):
             value = getattr(self, name)
             if value:
                 out[name] = value
@@ -95,6 +113,7 @@ class ManifestRef:
             version_id=data.get("version_id"),
             sequencer=data.get("sequencer"),
             last_modified=data.get("last_modified"),
+            event_time=data.get("event_time"),
         )
 
 
