@@ -130,8 +130,8 @@ class MemoLookups:
         from labeler.logic.cache import LabelCache  # imports Powertools: only when memos are looked up
 
         self.reads = _ReadFailuresKept(store)
-        # Only URL memos are read; the label settings below do not enter their keys.
-        self._cache = LabelCache(self.reads, backend="rekognition", min_confidence=55.0, max_labels=50)
+        # Only URL memos are read (the backend does not enter their keys).
+        self._cache = LabelCache(self.reads, backend="rekognition")
         self._pool = ThreadPoolExecutor(concurrency, thread_name_prefix="memo")
         self._slots = threading.BoundedSemaphore(2 * concurrency)  # bounded memory, whatever the manifest's size
         self._lock = threading.Lock()
