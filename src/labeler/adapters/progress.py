@@ -103,7 +103,7 @@ class ProgressTable:
             UpdateExpression="SET #options = if_not_exists(#options, :options), expiration = :expiration",
             ExpressionAttributeNames={"#options": "options"},
             ExpressionAttributeValues={":options": {"S": json.dumps(options)}, ":expiration": _expiration()},
-            ReturnValues="UPDATED_NEW",
+            ReturnValues="ALL_NEW",  # the kept value, whether this call set it or found it
         )
         kept: dict[str, Any] = json.loads(response["Attributes"]["options"]["S"])
         return kept
