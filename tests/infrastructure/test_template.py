@@ -497,7 +497,11 @@ def test_parsed_settings_from_template_defaults_validate(template: dict[str, Any
     assert settings.worker_max_concurrency == 5 and settings.max_receive_count == 4
     assert settings.state_table  # the shared DetectLabels limiter is on in every deployed function
     # labels only, no filters, and manifests may ask for nothing more (IMAGE_PROPERTIES is opt-in)
-    assert settings.label_options().request_params() == {"Features": ["GENERAL_LABELS"], "MinConfidence": 55.0, "MaxLabels": 50}
+    assert settings.label_options().request_params() == {
+        "Features": ["GENERAL_LABELS"],
+        "MinConfidence": 55.0,
+        "MaxLabels": 50,
+    }
     assert settings.manifest_feature_names == ("GENERAL_LABELS",)
     # the cap a normal run never reaches: one call per entry of the largest manifest (docs/cost.md)
     assert settings.max_label_calls_per_manifest == settings.max_manifest_entries > 0

@@ -12,9 +12,12 @@ from typing import Any
 import pytest
 
 from labeler.handlers import manifest_created, work_batch
-from labeler.handlers.composition import reset_services
+from labeler.handlers.composition import get_services, reset_services
+from labeler.local.runner import TERMINAL_STATUSES
+from labeler.logic.guard import Verdict
 from labeler.logic.keys import report_key
 from labeler.logic.pricing import calls_usd, usd
+from labeler.logic.report import RunState, Tally, publish_report
 from labeler.models.records import ManifestRef
 from tests.conftest import Buckets, FakeLambdaContext
 from tests.integration.test_runs import emf_values
@@ -155,7 +158,7 @@ def test_json_lines_take_their_options_from_a_first_line_holding_only_them(
 def test_options_after_the_images_are_refused_not_ignored(
     buckets: Buckets, site: Site, lambda_env: dict[str, str], fake_rekognition: FakeRekognition
 ) -> None:
-    body = '{"images": ["%s"], "options": {"max_labels": 2}}' % site.url("/photo.jpg")
+    body = json.dumps({"images": [site.url("/photo.jpg")], "options": {"max_labels": 2}})  # keys in this order
     report = run_inline(buckets, "late-options.json", body)
 
     assert (report["status"], report["error"]["code"]) == ("failed", "manifest_options_invalid")
@@ -177,13 +180,17 @@ def test_the_same_options_share_cached_answers_and_different_options_never_do(
     run_inline(buckets, "a.json", with_options({"exclude_labels": ["Dog", "Cat"], "features": BOTH}, images))
     assert state.successful_calls == 2
     # the same options in another order, another manifest: every answer from the cache
-    report = run_inline(buckets, "b.json", with_options({"features": BOTH[::-1], "exclude_labels": ["Cat", "Dog"]}, images))
+    report = run_inline(
+        buckets, "b.json", with_options({"features": BOTH[::-1], "exclude_labels": ["Cat", "Dog"]}, images)
+    )
     assert state.successful_calls == 2 and report["cost"]["detect_labels_saved"] == 2
     assert all("image_properties" in record for record in buckets.records())
     # other options: labels alone, a stricter confidence: never the answers cached above
     report = run_inline(buckets, "c.json", with_options({"exclude_labels": ["Cat", "Dog"]}, images))
     assert state.successful_calls == 4 and report["cost"]["detect_labels_calls"] == 2
-    report = run_inline(buckets, "d.json", with_options({"exclude_labels": ["Cat", "Dog"], "min_confidence": 90}, images))
+    report = run_inline(
+        buckets, "d.json", with_options({"exclude_labels": ["Cat", "Dog"], "min_confidence": 90}, images)
+    )
     assert state.successful_calls == 6 and report["cost"]["detect_labels_calls"] == 2
 
 
@@ -227,6 +234,17 @@ def test_an_inline_run_capped_at_n_makes_n_calls_and_a_re_upload_without_a_cap_f
     assert report["status"] == "complete" and report["succeeded"] == 11
     assert state.successful_calls == 10  # as many calls in total as there are distinct images
     assert report["cost"]["detect_labels_calls"] == 6 and report["cost"]["detect_labels_saved"] == 5
+
+
+def test_capped_is_a_final_status_of_the_run(
+    buckets: Buckets, site: Site, lambda_env: dict[str, str], fake_rekognition: FakeRekognition
+) -> None:
+    report = run_inline(buckets, "final.json", with_options({"max_label_calls": 1}, distinct(site, 2)))
+    assert report["status"] == "capped"
+    manifest = ManifestRef.from_dict(report["manifest"])
+    again = publish_report(get_services().store, manifest, RunState(Tally(), "in_progress", "inline"))
+    assert again.verdict is Verdict.SAME_RUN and buckets.read_json(report_key(manifest))["status"] == "capped"
+    assert "capped" in TERMINAL_STATUSES  # `submit` stops following a capped run
 
 
 def test_a_manifest_may_lower_the_cap_for_itself(
@@ -285,7 +303,9 @@ def test_every_call_is_one_metric_value_whichever_function_made_it(
     queue, _ = fanout_env
     manifest_created.handler(buckets.put_manifest("small.json", distinct(site, 2)), FakeLambdaContext())  # inline
     big = [*distinct(site, 5, start=2), *distinct(site, 3)]  # fanned out; three repeat the inline run's bytes
-    manifest_created.handler(buckets.put_manifest("big.json", [{**e, "id": f"b{i}"} for i, e in enumerate(big)]), FakeLambdaContext())
+    manifest_created.handler(
+        buckets.put_manifest("big.json", [{**e, "id": f"b{i}"} for i, e in enumerate(big)]), FakeLambdaContext()
+    )
     drain(buckets.aws.client("sqs"), queue, work_batch.handler, FakeLambdaContext())
 
     output = capsys.readouterr().out

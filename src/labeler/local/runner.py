@@ -33,7 +33,7 @@ from urllib.parse import quote_plus, unquote_plus
 
 DEFAULT_FUNCTION_NAME = "s3-image-labeler-ManifestFunction"
 MANIFEST_SUFFIXES = (".json", ".jsonl")
-TERMINAL_STATUSES = frozenset({"complete", "partial", "failed"})
+TERMINAL_STATUSES = frozenset({"complete", "capped", "partial", "failed"})
 
 
 # --- the Lambda context --------------------------------------------------------------------------

@@ -192,9 +192,7 @@ class FanOut:
     ) -> RunResult:
         """Label one batch and count it. Raises so that SQS delivers the message again when unfinished."""
         options = self.run_options(batch)
-        result = label_entries(
-            self.services, batch.manifest, batch.entries, options, deadline, on_outcome, on_calls
-        )
+        result = label_entries(self.services, batch.manifest, batch.entries, options, deadline, on_outcome, on_calls)
         if result.write_failures:
             raise ResultWriteFailed(f"{len(result.write_failures)} record(s) not written: {result.write_failures[0]}")
         if result.stopped_early and not result.superseded:

@@ -16,6 +16,21 @@ Accepted forms (README, "Manifests"):
 * a UTF-8 byte order mark; trailing commas; hand-written JavaScript style (unquoted keys,
   single quotes, comments) through ``json5``.
 
+Options (how the images are labeled; checked against the stack's bounds by
+:meth:`labeler.models.label_options.LabelOptions.for_manifest`, not here), known before the first
+entry in every form, whatever the size, so that a streamed manifest labels every entry with them:
+
+* an object manifest's top-level ``"options"`` key: before ``"images"`` (an ``"options"`` key met
+  after ``"images"``, or twice, is ``manifest_options_invalid`` where it is met: read whole, before
+  any entry; streamed, after the entries of ``images``), anywhere in a one-image ``{"url": ...}``;
+* JSON Lines: a first line holding only ``{"options": ...}``; it is not an entry (numbering starts
+  at the next line). Such a line later on is ``manifest_options_invalid`` where it is met;
+* a list has no place for options. An entry (a list element, an ``images`` element, a JSON Lines
+  line) that carries an ``"options"`` key is ``invalid_entry``: options apply to a whole manifest;
+* at most ``MAX_OPTIONS_VALUES`` values in ``"options"`` (built in bounded memory when streamed).
+
+:func:`read_manifest` returns the options and the entries; :func:`parse_manifest` the entries alone.
+
 How a body is read:
 
 * Leading whitespace is skipped as it is read (never buffered): a body of nothing but
@@ -882,7 +897,7 @@ def _streamed_object(events: Iterator[tuple[str, Any]]) -> Iterator[Any]:
 
 
 def _streamed_value(events: Iterator[tuple[str, Any]], event: str, value: Any) -> Any:
-    """One whole value (the manifest's ``"options"``), built without recursion, at most ``MAX_OPTIONS_VALUES`` values."""
+    """One whole value (the manifest's ``"options"``), built without recursion, of ``MAX_OPTIONS_VALUES`` at most."""
     if event not in _STARTS:
         return value
     root: Any = {} if event == "start_map" else []

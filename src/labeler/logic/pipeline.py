@@ -28,8 +28,8 @@ import math
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
-from contextlib import nullcontext
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from contextlib import nullcontext
 from dataclasses import dataclass, field, replace
 from itertools import chain, islice
 from typing import Any, Protocol
@@ -152,7 +152,9 @@ def run_options(settings: Settings, raw: object) -> LabelOptions:
     :class:`~labeler.models.errors.ManifestOptionsInvalid`.
     """
     options = settings.label_options().for_manifest(raw, allowed_features=settings.manifest_feature_names)
-    return replace(options, max_label_calls=effective_cap(settings.max_label_calls_per_manifest, options.max_label_calls))
+    return replace(
+        options, max_label_calls=effective_cap(settings.max_label_calls_per_manifest, options.max_label_calls)
+    )
 
 
 @dataclass(frozen=True)

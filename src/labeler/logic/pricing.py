@@ -109,8 +109,10 @@ def calls_usd(
     """List price of ``calls`` DetectLabels calls asking for these features (labels after ``calls_this_month``
     Group 2 calls; image properties from their first tier).
 
-    >>> calls_usd(1000), calls_usd(1000, image_properties=True), calls_usd(1000, general_labels=False, image_properties=True)
-    (Decimal('1.000'), Decimal('1.75000'), Decimal('0.75000'))
+    >>> calls_usd(1000), calls_usd(1000, image_properties=True)
+    (Decimal('1.000'), Decimal('1.75000'))
+    >>> calls_usd(1000, general_labels=False, image_properties=True)
+    Decimal('0.75000')
     """
     price = detect_labels_usd(calls, calls_this_month=calls_this_month) if general_labels else Decimal(0)
     return price + image_properties_usd(calls) if image_properties else price

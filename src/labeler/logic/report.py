@@ -165,7 +165,7 @@ def final_status(tally: Tally, manifest_error: object | None) -> str:
 
 
 def run_cost(tally: Tally, options: LabelOptions | None) -> dict[str, Any]:
-    """The report's ``cost``: calls made, calls saved (cache hits and 304s), their list price with the run's features."""
+    """The report's ``cost``: calls made, calls saved (cache hits, 304s), their list price with the run's features."""
     cost = Cost.of(
         calls=tally.label_calls,
         saved=tally.labels_from_cache,

@@ -280,7 +280,13 @@ class LabelOptions:
     def from_message(cls, data: Mapping[str, Any]) -> LabelOptions:
         """The options :meth:`to_message` wrote (unknown keys are ignored: a newer writer may add some)."""
         known = {spec.name for spec in fields(cls)}
-        return cls(**{name: tuple(value) if isinstance(value, list) else value for name, value in data.items() if name in known})
+        return cls(
+            **{
+                name: tuple(value) if isinstance(value, list) else value
+                for name, value in data.items()
+                if name in known
+            }
+        )
 
     # --- a manifest's own options, within the stack's bounds ---------------------------------------
     def for_manifest(self, raw: object, *, allowed_features: Iterable[str] | None = None) -> LabelOptions:

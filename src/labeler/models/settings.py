@@ -94,7 +94,8 @@ class Settings:
     def label_options(self) -> LabelOptions:
         """The stack's DetectLabels options: what every manifest gets, and the bounds of a manifest's own.
 
-        >>> Settings("out", label_features="GENERAL_LABELS,IMAGE_PROPERTIES").label_options().request_params()["Features"]
+        >>> settings = Settings("out", label_features="GENERAL_LABELS,IMAGE_PROPERTIES")
+        >>> settings.label_options().request_params()["Features"]
         ['GENERAL_LABELS', 'IMAGE_PROPERTIES']
         """
         from labeler.models.label_options import LabelOptions, parse_features, parse_names
@@ -191,4 +192,6 @@ class Settings:
         except InvalidLabelOptions as exc:
             raise ConfigurationError(f"MANIFEST_FEATURES: {exc.reason}") from exc
         if options.has_filters and not options.general_labels:
-            raise ConfigurationError("the LABEL_INCLUDE_*/LABEL_EXCLUDE_* filters need GENERAL_LABELS in LABEL_FEATURES")
+            raise ConfigurationError(
+                "the LABEL_INCLUDE_*/LABEL_EXCLUDE_* filters need GENERAL_LABELS in LABEL_FEATURES"
+            )
