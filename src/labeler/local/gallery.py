@@ -161,7 +161,7 @@ def _counts_line(report: Mapping[str, Any] | None, records: list[Mapping[str, An
 
 
 def cost_text(cost: Mapping[str, Any]) -> str:
-    """``DetectLabels 6 calls, 2 saved, $0.006``: a report's ``cost`` in words (the demo's summary line says the same)."""
+    """``DetectLabels 6 calls, 2 saved, $0.006``: a report's ``cost`` in words (also the demo's summary line)."""
     calls, saved = int(cost.get("detect_labels_calls") or 0), int(cost.get("detect_labels_saved") or 0)
     amount = float(cost.get("estimated_usd") or 0.0)
     return f"DetectLabels {calls} call{'' if calls == 1 else 's'}, {saved} saved, ${amount:.5g}"
