@@ -58,15 +58,16 @@ def codes(buckets: Buckets) -> dict[str, int]:
     return found
 
 
+@pytest.fixture
+def manifests_may_ask_both(lambda_env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> None:
+    """The stack lets manifests opt in to IMAGE_PROPERTIES (MANIFEST_FEATURES)."""
+    settings(monkeypatch, MANIFEST_FEATURES=",".join(BOTH))
+
+
 # --- options ---------------------------------------------------------------------------------------
 def test_a_manifest_s_options_reach_detect_labels_and_its_results_keep_the_response_shape(
-    buckets: Buckets,
-    site: Site,
-    lambda_env: dict[str, str],
-    fake_rekognition: FakeRekognition,
-    monkeypatch: pytest.MonkeyPatch,
+    buckets: Buckets, site: Site, manifests_may_ask_both: None, fake_rekognition: FakeRekognition
 ) -> None:
-    settings(monkeypatch, MANIFEST_FEATURES=",".join(BOTH))
     options = {
         "min_confidence": 80,
         "max_labels": 20,
@@ -167,13 +168,8 @@ def test_options_after_the_images_are_refused_not_ignored(
 
 # --- the label cache and options ---------------------------------------------------------------------
 def test_the_same_options_share_cached_answers_and_different_options_never_do(
-    buckets: Buckets,
-    site: Site,
-    lambda_env: dict[str, str],
-    fake_rekognition: FakeRekognition,
-    monkeypatch: pytest.MonkeyPatch,
+    buckets: Buckets, site: Site, manifests_may_ask_both: None, fake_rekognition: FakeRekognition
 ) -> None:
-    settings(monkeypatch, MANIFEST_FEATURES=",".join(BOTH))
     images = [site.url("/photo.jpg"), site.url("/coffee.jpg")]
     state = fake_rekognition.state
 
