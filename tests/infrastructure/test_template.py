@@ -477,7 +477,10 @@ def test_parameter_defaults_agree_with_settings_defaults(template: dict[str, Any
         if parameter is None:
             continue
         default = SETTINGS_FIELDS[name].default
-        assert float(parameter["Default"]) == float(default), (name, parameter["Default"], default)
+        if parameter["Type"] == "Number":
+            assert float(parameter["Default"]) == float(default), (name, parameter["Default"], default)
+        else:
+            assert str(parameter["Default"]) == str(default), (name, parameter["Default"], default)
         checked += 1
     assert checked >= 10
 
@@ -493,6 +496,22 @@ def test_parsed_settings_from_template_defaults_validate(template: dict[str, Any
     settings = Settings.from_env(env)
     assert settings.worker_max_concurrency == 5 and settings.max_receive_count == 4
     assert settings.state_table  # the shared DetectLabels limiter is on in every deployed function
+    # labels only, no filters, and manifests may ask for nothing more (IMAGE_PROPERTIES is opt-in)
+    assert settings.label_options().request_params() == {
+        "Features": ["GENERAL_LABELS"],
+        "MinConfidence": 55.0,
+        "MaxLabels": 50,
+    }
+    assert settings.manifest_feature_names == ("GENERAL_LABELS",)
+    # the cap a normal run never reaches: one call per entry of the largest manifest (docs/cost.md)
+    assert settings.max_label_calls_per_manifest == settings.max_manifest_entries > 0
+
+
+def test_every_feature_setting_the_template_allows_is_one_settings_accepts(template: dict[str, Any]) -> None:
+    for parameter, variable in (("LabelFeatures", "LABEL_FEATURES"), ("ManifestFeatures", "MANIFEST_FEATURES")):
+        for value in template["Parameters"][parameter]["AllowedValues"]:
+            Settings.from_env({"OUTPUT_BUCKET": "out", variable: value})  # raises ConfigurationError otherwise
+    assert "IMAGE_PROPERTIES" not in template["Parameters"]["LabelFeatures"]["Default"]
 
 
 def defaults(template: dict[str, Any]) -> dict[str, float]:

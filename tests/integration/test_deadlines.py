@@ -89,11 +89,11 @@ def test_detect_labels_gets_the_deadline_and_running_out_of_time_records_nothing
     deadline = deadline_in(60)
     given: list[Any] = []
 
-    def out_of_time(image: bytes, **options: Any) -> Any:
-        given.append(options.get("deadline"))
+    def out_of_time(image: bytes, options: Any, deadline: float | None = None) -> Any:
+        given.append(deadline)
         raise OutOfTime("the backend cannot finish before the deadline")  # what a backend does at its limit
 
-    monkeypatch.setattr(services.backend, "detect_labels", out_of_time)
+    monkeypatch.setattr(services.backend, "detect", out_of_time)
     result = process_entries(
         services, ManifestRef(buckets.input, "l.json"), entries_of(site, "/photo.png", 1), deadline
     )
@@ -106,20 +106,20 @@ def test_an_entry_out_of_time_fails_the_invocation_after_the_others_are_recorded
     buckets: Buckets, site: Site, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     services = get_services()
-    real = services.backend.detect_labels
+    real = services.backend.detect
 
-    def out_of_time_for_png(image: bytes, **options: Any) -> Any:
+    def out_of_time_for_png(image: bytes, options: Any, deadline: float | None = None) -> Any:
         if image.startswith(b"\x89PNG"):
             raise OutOfTime("no time left for this one")
-        return real(image, **options)
+        return real(image, options, deadline)
 
-    monkeypatch.setattr(services.backend, "detect_labels", out_of_time_for_png)
+    monkeypatch.setattr(services.backend, "detect", out_of_time_for_png)
     event = buckets.put_manifest("oot.json", [site.url("/photo.jpg"), site.url("/photo.png"), site.url("/coffee.jpg")])
 
     with pytest.raises(DeadlineReached):
         manifest_created.handler(event, FakeLambdaContext())
     assert len(buckets.records()) == 2 and buckets.report()["status"] == "incomplete"
 
-    monkeypatch.setattr(services.backend, "detect_labels", real)
+    monkeypatch.setattr(services.backend, "detect", real)
     manifest_created.handler(event, FakeLambdaContext())
     assert len(buckets.records()) == 3 and buckets.report()["status"] == "complete"

@@ -109,14 +109,22 @@ def test_the_demo_labels_the_photos_and_writes_the_gallery(
     records = [json.loads(path.read_text()) for path in results]
     cat = next(record for record in records if record["image_id"] == "chelsea-the-cat")
     assert cat["label_backend"] == "local" and "Cat" in {label["Name"] for label in cat["labels"]}
+    # the demo's manifest asks for IMAGE_PROPERTIES: the offline backend computed them
+    assert {"Quality", "DominantColors", "Foreground", "Background"} <= set(cat["image_properties"])
     report = json.loads((tmp_path / "report.json").read_text())
     assert (report["total"], report["succeeded"], report["failed"]) == (ENTRIES, len(PHOTOS), len(BROKEN))
     assert report["errors_by_code"] == {entry.expected_code: 1 for entry in BROKEN}
+    assert report["options"]["features"] == ["GENERAL_LABELS", "IMAGE_PROPERTIES"]
+    calls = report["cost"]["detect_labels_calls"]
+    assert calls + report["cost"]["detect_labels_saved"] == len(PHOTOS)
+    assert f"DetectLabels {calls} calls" in out  # the summary line shows the cost
 
     html = (tmp_path / "gallery.html").read_text()
     assert html.count('<article class="card ok"') == len(PHOTOS)
     assert html.count('<article class="card failed"') == len(BROKEN)
     assert html.count('src="data:image/jpeg;base64,') == len(PHOTOS)
+    assert html.count('<ul class="swatches">') == len(PHOTOS) and html.count('class="quality"') == len(PHOTOS)
+    assert f"DetectLabels {calls} calls" in html
 
 
 def _ports_in(text: str) -> list[str]:

@@ -36,7 +36,7 @@ def estimate_json(capsys: pytest.CaptureFixture[str], *argv: str) -> dict[str, A
     status, out, err = run(capsys, *argv, "--json")
     assert status == 0, err
     document: dict[str, Any] = json.loads(out)
-    assert set(document) == REQUIRED | {"s3_objects", "price_date"}
+    assert set(document) == REQUIRED | {"s3_objects", "price_date", "features", "max_label_calls"}
     return document
 
 
@@ -320,6 +320,35 @@ def test_counting_streams_unique_urls_once_in_order() -> None:
     count = count_manifest(json.dumps([A, B, A, {"url": C, "id": "c"}, {"url": A, "id": "a2"}]).encode(), seen.append)
     assert seen == [A, B, C]
     assert count == ManifestCount(entries=5, valid_entries=4, unique_urls=3, s3_objects=0)
+
+
+def test_the_manifest_s_options_price_image_properties_and_cap_the_calls(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    urls = [f"https://example.com/{n}.jpg" for n in range(10)]
+    both = {"features": ["GENERAL_LABELS", "IMAGE_PROPERTIES"], "max_label_calls": 4}
+    document = estimate_json(capsys, str(write(tmp_path, "opts.json", {"options": both, "images": urls})))
+    assert (document["unique_urls"], document["max_calls"], document["min_calls"]) == (10, 4, 4)
+    assert document["max_usd"] == 0.007  # 4 calls x ($0.001 labels + $0.00075 image properties)
+    assert (document["features"], document["max_label_calls"]) == (both["features"], 4)
+
+    status, out, _ = run(capsys, str(tmp_path / "opts.json"))
+    assert status == 0 and "capped at 4 by max_label_calls" in out and "image properties: $0.003" in out
+    # a manifest without features: the stack's, as --features says
+    plain = estimate_json(capsys, str(write(tmp_path, "plain.json", urls[:2])), "--features", "IMAGE_PROPERTIES")
+    assert (plain["features"], plain["max_usd"]) == (["IMAGE_PROPERTIES"], 0.0015)
+
+
+@pytest.mark.parametrize(
+    "options",
+    [{"minconfidence": 80}, {"max_labels": "20"}, {"max_dominant_colors": 5}, {"max_label_calls": 0}, [1]],
+)
+def test_options_no_stack_would_accept_are_the_stack_s_refusal(
+    options: Any, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    status, out, err = run(capsys, str(write(tmp_path, "bad.json", {"options": options, "images": [A]})), "--json")
+    assert status == 2 and out == ""
+    one_line_error(err, "the stack would reject this manifest", "manifest_options_invalid")
 
 
 def test_the_range_is_priced_across_tiers() -> None:

@@ -74,14 +74,14 @@ def test_a_poison_batch_ends_in_the_dead_letter_queue_and_the_report_counts_it_f
     from labeler.logic import fanout
 
     queue, dlq = fanout_env
-    real_process = fanout.process_entries
+    real_process = fanout.label_entries
 
     def poisoned(services: Any, manifest: Any, entries: Any, *args: Any, **options: Any) -> Any:
         if any(entry.image_id == "img-002" for entry in entries):
             raise RuntimeError("this batch always crashes the worker")
         return real_process(services, manifest, entries, *args, **options)
 
-    monkeypatch.setattr(fanout, "process_entries", poisoned)
+    monkeypatch.setattr(fanout, "label_entries", poisoned)
     manifest_created.handler(buckets.put_manifest("poison.json", manifest_of(site, 6)), lambda_context)
 
     drain(buckets.aws.client("sqs"), queue, work_batch.handler, lambda_context, batch_size=1)

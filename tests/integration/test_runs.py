@@ -237,6 +237,10 @@ def test_inline_and_fanned_out_reports_have_the_same_fields(
         assert report["status"] == "complete"
         assert set(report["timings_ms"]) == {"total", "download_sum", "label_sum"}
         assert report["timings_ms"]["download_sum"] > 0 and report["timings_ms"]["total"] > 0
+        assert report["options"]["features"] == ["GENERAL_LABELS"]
+    # the cost, through the one report writer: three URLs of one photo, then six more of it
+    assert inline["cost"] == {"detect_labels_calls": 1, "detect_labels_saved": 2, "estimated_usd": 0.001}
+    assert fanned_out["cost"] == {"detect_labels_calls": 0, "detect_labels_saved": 6, "estimated_usd": 0.0}
 
 
 def test_the_end_of_a_run_is_announced_once_whoever_finishes_it(

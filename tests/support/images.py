@@ -66,6 +66,15 @@ def tiff(name: str = "chelsea", size: tuple[int, int] | None = None) -> bytes:
 
 
 @cache
+def distinct_png(n: int, side: int = 96) -> bytes:
+    """A small PNG whose bytes differ for every ``n`` (a flat colour): one DetectLabels call each."""
+    colour = ((n * 67) % 256, (n * 131 + 40) % 256, (n // 256 * 97 + n * 17) % 256)
+    buffer = io.BytesIO()
+    Image.new("RGB", (side, side), colour).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+@cache
 def tiny_png(width: int = 40, height: int = 40) -> bytes:
     """A valid PNG under Rekognition's 80-px minimum side."""
     return png("chelsea", (width, height))

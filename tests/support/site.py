@@ -9,6 +9,7 @@ route                             behaviour
 /photo.{jpg,png,webp,gif,bmp,tiff}  scikit-image's ``chelsea`` (a cat) in that format
 /photo-copy.jpg                   the same bytes as /photo.jpg
 /coffee.jpg                       scikit-image's ``coffee``
+/distinct/<n>.png                 n = 0…63: small PNGs, each with bytes of its own (one DetectLabels call each)
 /big.png                          a real 2400×2400 noisy PNG larger than 5 MB (built on first request)
 /missing                          not a route: 404
 /error-500                        500
@@ -51,6 +52,7 @@ MAX_REDIRECT_CHAIN = 20
 TRICKLE_INTERVAL_SECONDS = 0.5
 HUGE_DECLARED_BYTES = 10 * 1024**3
 REDIRECT_STATUSES = (301, 302, 303, 307, 308)
+DISTINCT_IMAGES = 64
 
 
 class Site:
@@ -141,6 +143,7 @@ def static_routes() -> dict[str, StaticRoute]:
         "/corrupt.png": StaticRoute(images.corrupt_png(), "image/png"),
         "/drawing.svg": StaticRoute(images.SVG, "image/svg+xml"),
         "/polyglot.gif": StaticRoute(images.polyglot_gif_js(), "image/gif"),
+        **{f"/distinct/{n}.png": StaticRoute(images.distinct_png(n), "image/png") for n in range(DISTINCT_IMAGES)},
     }
 
 

@@ -89,8 +89,23 @@ REPORT = {
     "failed": 1,
     "errors_by_code": {"not_an_image": 1},
     "labels_from_cache": 0,
+    "cost": {"detect_labels_calls": 2, "detect_labels_saved": 0, "estimated_usd": 0.0035},
     "timings_ms": {"total": 1234.5},
     "finished_at": "2026-11-25T10:00:00.000Z",
+}
+
+
+def colour(css: str, hex_code: str, percent: float) -> dict[str, Any]:
+    red, green, blue = (int(hex_code[i : i + 2], 16) for i in (1, 3, 5))
+    return {"Red": red, "Green": green, "Blue": blue, "HexCode": hex_code, "CSSColor": css,
+            "SimplifiedColor": "grey", "PixelPercent": percent}  # fmt: skip
+
+
+PROPERTIES = {
+    "Quality": {"Brightness": 47.04, "Sharpness": 67.6, "Contrast": 41.2},
+    "DominantColors": [colour("rosybrown", "#bc8f8f", 31.2), colour("dimgrey", "#696969", 20.5)],
+    "Foreground": {"Quality": {"Brightness": 42.8, "Sharpness": 67.1}, "DominantColors": []},
+    "Background": {"Quality": {"Brightness": 48.3, "Sharpness": 67.6}, "DominantColors": []},
 }
 
 
@@ -98,7 +113,7 @@ def three_records() -> list[dict[str, Any]]:
     # Out of order on purpose: the gallery sorts by entry index.
     return [
         failure("web-page", 2, "not_an_image", "the bytes are an HTML page"),
-        success("cat", 0),
+        {**success("cat", 0), "image_properties": PROPERTIES},
         success("coffee", 1, [label("Espresso", 95.1, ["Coffee", "Beverage", "Food"]), label("Food", 96.0)]),
     ]
 
@@ -178,6 +193,7 @@ def test_summary_comes_from_the_report() -> None:
     assert '<b class="ok">2</b> labeled' in summary
     assert '<b class="bad">1</b> failed' in summary
     assert "1.2 s" in summary
+    assert "DetectLabels 2 calls, 0 saved, $0.0035" in summary  # the run's cost
     assert "not_an_image × 1" in page.plain
     assert "s3://in-bucket/manifests/cats.json" in page.plain
 
@@ -190,6 +206,27 @@ def test_without_a_report_the_summary_counts_the_records() -> None:
     assert '<b class="ok">2</b> labeled' in summary
     assert '<b class="bad">1</b> failed' in summary
     assert "not_an_image × 1" in html
+
+
+def test_image_properties_show_colour_swatches_and_a_quality_line() -> None:
+    page = Page(render_gallery(three_records(), REPORT, None))
+
+    swatches = page.all("li", "swatch")
+    assert [s["title"] for s in swatches] == ["rosybrown 31%", "dimgrey 20%"]
+    assert [s["style"] for s in swatches] == ["background:#bc8f8f;flex:31.20", "background:#696969;flex:20.50"]
+    assert "brightness 47 · sharpness 68 · contrast 41" in page.plain
+    assert len(page.all("ul", "swatches")) == 1  # only the record that has image properties
+
+
+def test_a_colour_that_is_not_a_hex_code_never_reaches_a_style() -> None:
+    hostile = {**PROPERTIES, "DominantColors": [colour("x", "#000000", 10) | {"HexCode": "red;background:url(x)"},
+                                                colour(HOSTILE, "#123456", 5)]}  # fmt: skip
+    html = render_gallery([{**success("cat", 0), "image_properties": hostile}], None, None)
+    page = Page(html)
+
+    assert [s["style"] for s in page.all("li", "swatch")] == ["background:#123456;flex:5.00"]
+    assert "url(" not in html and "<script" not in html.lower()
+    assert page.all("li", "swatch")[0]["title"] == f"{HOSTILE} 5%"  # escaped, still readable
 
 
 def test_labels_show_confidence_bars_most_specific_first() -> None:
@@ -272,6 +309,8 @@ def test_a_headless_browser_renders_the_cards(tmp_path: Path) -> None:
     assert len(dom.all("article", "failed")) == 2
     assert len(dom.all("img")) == 2
     assert not dom.all("script")  # the hostile id stayed text in the browser's DOM too
+    assert len(dom.all("li", "swatch")) == 2 and "brightness 47" in dom.plain  # colours and quality
+    assert "DetectLabels 2 calls" in dom.plain  # the cost in the summary
 
     for width, height in ((1280, 900), (390, 844)):  # desktop, then a phone
         shot = tmp_path / f"shot-{width}.png"

@@ -6,10 +6,18 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from labeler.logic.cache import LabelCache, UrlMemo
+import pytest
+
+from labeler.logic.cache import CachedLabels, LabelCache, UrlMemo, label_cache_tag
+from labeler.models.label_options import LabelOptions
 
 LABELS = [{"Name": "Cat", "Confidence": 92.0, "Instances": [], "Parents": [], "Aliases": [], "Categories": []}]
 SHA = "ab" * 32
+TAG = label_cache_tag(LabelOptions(min_confidence=55, max_labels=50))
+
+
+def answer(version: str = "3.0", image: dict[str, Any] | None = None, **extra: Any) -> CachedLabels:
+    return CachedLabels(labels=LABELS, model_version=version, image=image or {}, **extra)
 
 
 class MemoryStore:
@@ -31,39 +39,75 @@ class MemoryStore:
 
 
 def make_cache(store: MemoryStore, version: str | None = "3.0", **kwargs: Any) -> LabelCache:
-    return LabelCache(
-        store, backend="rekognition", min_confidence=55, max_labels=50, current_model_version=lambda: version, **kwargs
-    )
+    return LabelCache(store, backend="rekognition", current_model_version=lambda: version, **kwargs)
 
 
 def test_labels_round_trip_through_the_store_under_a_settings_specific_key() -> None:
     store = MemoryStore()
-    make_cache(store).put_labels(SHA, LABELS, "3.0", {"format": "jpeg"})
+    make_cache(store).put_labels(SHA, TAG, answer(image={"format": "jpeg"}))
 
-    key = f"cache/labels/rekognition/c55-n50/ab/{SHA}.json"
+    key = f"cache/labels/rekognition/c55-n50/ab/{SHA}.json"  # the key labels were always cached under
     assert store.objects[key]["labels"] == LABELS
     fresh = make_cache(store)  # another container: no memory of its own
-    assert fresh.get_labels(SHA).labels == LABELS
-    assert make_cache(store).labels_key(SHA) != LabelCache(
-        store, backend="local", min_confidence=55, max_labels=50
-    ).labels_key(SHA)
-    assert LabelCache(store, backend="rekognition", min_confidence=80, max_labels=50).get_labels(SHA) is None
+    assert fresh.get_labels(SHA, TAG).labels == LABELS
+    assert make_cache(store).labels_key(SHA, TAG) != LabelCache(store, backend="local").labels_key(SHA, TAG)
+    stricter = label_cache_tag(LabelOptions(min_confidence=80, max_labels=50))
+    assert make_cache(store).get_labels(SHA, stricter) is None
+
+
+# Options that change DetectLabels' answer: each pair must never share a cached answer.
+DIFFERENT = [
+    (LabelOptions(), LabelOptions(min_confidence=80)),
+    (LabelOptions(), LabelOptions(max_labels=20)),
+    (LabelOptions(), LabelOptions(features=("GENERAL_LABELS", "IMAGE_PROPERTIES"))),
+    (LabelOptions(features=("IMAGE_PROPERTIES",)), LabelOptions(features=("GENERAL_LABELS", "IMAGE_PROPERTIES"))),
+    (LabelOptions(), LabelOptions(exclude_labels=("Cat",))),
+    (LabelOptions(exclude_labels=("Cat",)), LabelOptions(exclude_categories=("Cat",))),
+    (LabelOptions(include_labels=("Cat",)), LabelOptions(exclude_labels=("Cat",))),
+    (
+        LabelOptions(features=("IMAGE_PROPERTIES",), max_dominant_colors=3),
+        LabelOptions(features=("IMAGE_PROPERTIES",), max_dominant_colors=4),
+    ),
+]
+
+
+@pytest.mark.parametrize(("one", "other"), DIFFERENT)
+def test_different_options_never_share_a_cached_answer(one: LabelOptions, other: LabelOptions) -> None:
+    store = MemoryStore()
+    cache = make_cache(store)
+    cache.put_labels(SHA, label_cache_tag(one), answer())
+    assert label_cache_tag(one) != label_cache_tag(other)
+    assert cache.get_labels(SHA, label_cache_tag(other)) is None
+    assert make_cache(store).get_labels(SHA, label_cache_tag(other)) is None  # nor from the store
+
+
+def test_the_same_options_always_share_it_whatever_their_order() -> None:
+    store = MemoryStore()
+    written = LabelOptions(exclude_labels=("Dog", "Cat"), features=("IMAGE_PROPERTIES", "GENERAL_LABELS"))
+    make_cache(store).put_labels(SHA, label_cache_tag(written, "v1"), answer(image_properties={"Quality": {}}))
+    same = LabelOptions(exclude_labels=("Cat", "Dog", "Cat"), features=("GENERAL_LABELS", "IMAGE_PROPERTIES"))
+    found = make_cache(store).get_labels(SHA, label_cache_tag(same, "v1"))
+    assert found is not None and found.image_properties == {"Quality": {}}
+    # what cannot change the answer does not split the cache: a cap, colours without IMAGE_PROPERTIES
+    assert label_cache_tag(LabelOptions(max_label_calls=5, max_dominant_colors=3)) == label_cache_tag(LabelOptions())
+    # ...but what else the backend's answer depends on does
+    assert label_cache_tag(same, "v2") != label_cache_tag(same, "v1")
 
 
 def test_a_new_model_version_relabels() -> None:
     store = MemoryStore()
-    make_cache(store, version="3.0").put_labels(SHA, LABELS, "3.0", {})
-    assert make_cache(store, version="3.1").get_labels(SHA) is None
-    assert make_cache(store, version=None).get_labels(SHA) is not None  # version unknown yet: trust the cache
+    make_cache(store, version="3.0").put_labels(SHA, TAG, answer())
+    assert make_cache(store, version="3.1").get_labels(SHA, TAG) is None
+    assert make_cache(store, version=None).get_labels(SHA, TAG) is not None  # version unknown yet: trust the cache
 
 
 def test_labels_written_here_are_read_from_memory_even_while_the_write_is_in_flight() -> None:
     store = MemoryStore()
     store.gate.clear()  # S3 is slow today
     cache = make_cache(store, writer=ThreadPoolExecutor(max_workers=2))
-    cache.put_labels(SHA, LABELS, "3.0", {})
+    cache.put_labels(SHA, TAG, answer())
 
-    assert cache.get_labels(SHA).labels == LABELS
+    assert cache.get_labels(SHA, TAG).labels == LABELS
     assert store.reads == 0 and store.objects == {}
     store.gate.set()
     cache.flush()
@@ -75,10 +119,10 @@ def test_the_memory_is_bounded() -> None:
     store = MemoryStore()
     cache = make_cache(store, recent_size=2)
     for n in range(3):
-        cache.put_labels(f"{n:064x}", LABELS, "3.0", {})
+        cache.put_labels(f"{n:064x}", TAG, answer())
     store.objects.clear()
-    assert cache.get_labels(f"{0:064x}") is None  # evicted, and gone from the store
-    assert cache.get_labels(f"{2:064x}") is not None
+    assert cache.get_labels(f"{0:064x}", TAG) is None  # evicted, and gone from the store
+    assert cache.get_labels(f"{2:064x}", TAG) is not None
 
 
 def test_a_failed_background_write_is_only_a_warning() -> None:
@@ -87,7 +131,7 @@ def test_a_failed_background_write_is_only_a_warning() -> None:
             raise OSError("S3 is down")
 
     cache = make_cache(BrokenStore(), writer=ThreadPoolExecutor(max_workers=1))
-    cache.put_labels(SHA, LABELS, "3.0", {})
+    cache.put_labels(SHA, TAG, answer())
     cache.put_url_memo("https://example.com/cat.jpg", UrlMemo(etag='"x"', last_modified=None, sha256=SHA))
     cache.close()  # does not raise
 

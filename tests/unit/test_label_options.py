@@ -240,7 +240,11 @@ def test_the_bounds_themselves_are_allowed() -> None:
         ({"max_labels": 20.0}, "max_labels", "integer"),
         ({"max_labels": True}, "max_labels", "integer"),
         ({"max_dominant_colors": 11}, "max_dominant_colors", "MAX_DOMINANT_COLORS"),
-        ({"max_label_calls": 101}, "max_label_calls", "MAX_LABEL_CALLS"),  # a cap may be lowered, never raised
+        (
+            {"max_label_calls": 101},
+            "max_label_calls",
+            "MAX_LABEL_CALLS_PER_MANIFEST",
+        ),  # a cap may be lowered, never raised
         ({"max_label_calls": 0}, "max_label_calls", "from 1"),
         ({"features": []}, "features", "non-empty"),
         ({"features": "GENERAL_LABELS"}, "features", "non-empty list"),

@@ -19,13 +19,14 @@ import pytest
 
 from labeler.logic import manifest as manifest_module
 from labeler.logic.keys import derive_image_id
-from labeler.logic.manifest import parse_manifest
+from labeler.logic.manifest import parse_manifest, read_manifest
 from labeler.models.errors import (
     DuplicateId,
     InvalidEntry,
     ManifestEmpty,
     ManifestError,
     ManifestInvalid,
+    ManifestOptionsInvalid,
     ManifestReadInterrupted,
     ManifestTooLarge,
     ManifestTooManyEntries,
@@ -898,3 +899,95 @@ def test_a_large_object_body_whose_first_line_is_not_an_object_is_json(monkeypat
         entries, error = parse(Reader(body, chunk=16))
         assert error is None
         assert summary(entries) == [ok(0, ID_A, A, False), ok(1, ID_B, B, False)]
+
+
+# --- a manifest's options --------------------------------------------------------------------------------
+def read(source: Any) -> tuple[Any, list[ManifestEntry | RejectedEntry], ManifestError | None]:
+    """The options, the entries up to the first whole-manifest error, and that error (also one found at once)."""
+    try:
+        started = read_manifest(source)
+    except ManifestError as exc:
+        return None, [], exc
+    entries: list[ManifestEntry | RejectedEntry] = []
+    try:
+        entries.extend(started.entries)
+    except ManifestError as exc:
+        return started.options, entries, exc
+    return started.options, entries, None
+
+
+OPTIONS = {"min_confidence": 80, "features": ["GENERAL_LABELS"], "exclude_labels": ["Cat", "Dog"]}
+OPTION_FORMS: list[tuple[str, bytes, list[tuple[Any, ...]]]] = [
+    (
+        "options then images",
+        json.dumps({"options": OPTIONS, "images": [A, {"url": B, "id": "b"}]}).encode(),
+        [ok(0, ID_A, A, False), ok(1, "b", B)],
+    ),
+    (
+        "one image, options after its url",
+        json.dumps({"url": A, "id": "a", "options": OPTIONS}).encode(),
+        [ok(0, "a", A)],
+    ),
+    ("one image on one line", (json.dumps({"options": OPTIONS, "url": A}) + "\n").encode(), [ok(0, ID_A, A, False)]),
+    (
+        "JSON Lines, options alone on the first line",
+        b"\n".join(json.dumps(v).encode() for v in [{"options": OPTIONS}, A, {"url": B, "id": "b"}]) + b"\n",
+        [ok(0, ID_A, A, False), ok(1, "b", B)],
+    ),
+]
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize(("name", "body", "expected"), OPTION_FORMS, ids=[form[0] for form in OPTION_FORMS])
+def test_options_are_known_before_the_first_entry_in_every_form_at_any_size(
+    mode: str, name: str, body: bytes, expected: list[tuple[Any, ...]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    options, entries, error = read(source_for(mode, body, monkeypatch))
+    assert (options, summary(entries), error) == (OPTIONS, expected, None)
+    # parse_manifest reads the same entries, without the options
+    entries, error = parse(source_for(mode, body, monkeypatch))
+    assert (summary(entries), error) == (expected, None)
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_a_manifest_without_options_has_none(mode: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    options, entries, error = read(source_for(mode, json.dumps([A, B]).encode(), monkeypatch))
+    assert (options, len(entries), error) == (None, 2, None)
+
+
+def test_a_streamed_manifest_s_options_are_read_before_the_rest_of_its_body(streamed: None) -> None:
+    body = json.dumps({"options": OPTIONS, "images": [A] * 50_000}).encode()
+    reader = Reader(body)
+    started = read_manifest(reader)
+    assert started.options == OPTIONS and reader.bytes_read < len(body)
+    assert next(started.entries).url == A
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize(
+    ("body", "words"),
+    [
+        (b'{"images": ["%s"], "options": {"max_labels": 5}}' % A.encode(), "must come before"),
+        (b'{"options": {}, "options": {"max_labels": 5}, "images": ["%s"]}' % A.encode(), "twice"),
+        (b'{"options": {"x": [%s]}, "images": ["%s"]}' % (b",".join([b"1"] * 1000), A.encode()), "more than 1000"),
+        (b'"%s"\n{"options": {"max_labels": 5}}\n' % A.encode(), "first line"),
+    ],
+)
+def test_misplaced_or_oversized_options_are_refused_with_the_same_error_at_any_size(
+    mode: str, body: bytes, words: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _, entries, error = read(source_for(mode, body, monkeypatch))
+    assert isinstance(error, ManifestOptionsInvalid) and words in error.message
+    assert error.details["option"] == "options"
+    assert len(entries) <= 1  # the entries before the error (a streamed reader cannot see ahead of them)
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_an_entry_carrying_options_is_rejected_never_labeled_without_them(
+    mode: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    body = json.dumps([{"url": A, "options": {"max_labels": 5}}, B]).encode()
+    options, entries, error = read(source_for(mode, body, monkeypatch))
+    assert (options, error) == (None, None)
+    assert summary(entries) == [bad(0, "entry-0", A), ok(1, ID_B, B, False)]
+    assert isinstance(entries[0], RejectedEntry) and "whole manifest" in entries[0].error.message

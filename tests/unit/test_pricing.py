@@ -89,6 +89,18 @@ def test_the_cost_object_is_the_reports_field() -> None:
     assert Cost.of(calls=3, saved=0).estimated_usd == 0.003  # a float, not 0.0030000000000000001 text
 
 
+def test_image_properties_are_priced_on_their_own_line_when_asked_for() -> None:
+    assert [(t.starts_after, t.up_to, t.usd_per_call) for t in pricing.IMAGE_PROPERTIES_TIERS] == [
+        (0, M, Decimal("0.00075")),
+        (M, None, Decimal("0.0006")),
+    ]
+    assert pricing.image_properties_usd(M + 1) == Decimal("750.0006")
+    both = Cost.of(calls=1_000, saved=3, image_properties=True)
+    assert both.to_dict() == {"detect_labels_calls": 1_000, "detect_labels_saved": 3, "estimated_usd": 1.75}
+    assert Cost.of(calls=1_000, saved=0, general_labels=False, image_properties=True).estimated_usd == 0.75
+    assert pricing.calls_usd(1_000, image_properties=True) == Decimal("1.75")
+
+
 def test_describe_tiers() -> None:
     assert pricing.describe_tiers() == (
         "DetectLabels per image per month: first 1 M $0.001, next 4 M $0.0008, next 30 M $0.0006, over 35 M $0.00025"

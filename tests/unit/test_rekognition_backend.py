@@ -7,9 +7,11 @@ from typing import Any
 import pytest
 from PIL import Image
 
+from labeler.adapters.labels.base import LabelResult, detect_with_options
 from labeler.adapters.labels.rekognition import RekognitionBackend, RetryPolicy, build_client
 from labeler.adapters.ratelimit import LocalSlots, SlotLimiter
 from labeler.models.errors import LabelingFailed, OutOfTime, Throttled
+from labeler.models.label_options import LabelOptions
 from tests.support.fake_rekognition import SAMPLE_LABELS, FakeRekognition
 
 NO_WAIT = RetryPolicy(max_attempts=4)  # with rng=lambda: 0.0 below: retries without backoff sleeps
@@ -44,6 +46,36 @@ def test_labels_come_back_unchanged_with_the_model_version(
 def test_settings_are_sent(backend: RekognitionBackend, fake_rekognition: FakeRekognition) -> None:
     result = backend.detect_labels(jpeg(), min_confidence=90, max_labels=2)
     assert [label["Name"] for label in result.labels] == ["Mobile Phone", "Phone"]
+
+
+def test_detect_sends_every_option_and_keeps_image_properties_beside_the_labels(
+    backend: RekognitionBackend, fake_rekognition: FakeRekognition
+) -> None:
+    options = LabelOptions(
+        min_confidence=60, max_labels=5, features=("GENERAL_LABELS", "IMAGE_PROPERTIES"), max_dominant_colors=2
+    )
+    result = backend.detect(jpeg(), options)
+    sent = fake_rekognition.state.requests[-1]
+    assert (sent["Features"], sent["Settings"]) == (
+        ["GENERAL_LABELS", "IMAGE_PROPERTIES"],
+        {"ImageProperties": {"MaxDominantColors": 2}},
+    )
+    assert (sent["MinConfidence"], sent["MaxLabels"]) == (60, 5)
+    assert result.labels and len(result.extra["ImageProperties"]["DominantColors"]) <= 2
+    assert backend.model_version == "3.0"
+
+
+def test_a_backend_without_options_answers_plain_labels_and_refuses_more() -> None:
+    class LabelsOnly:
+        name = "labels-only"
+
+        def detect_labels(self, image: bytes, **options: Any) -> Any:
+            return LabelResult(labels=[dict(options)], model_version="1", backend=self.name)
+
+    result = detect_with_options(LabelsOnly(), b"", LabelOptions(min_confidence=70, max_labels=3), deadline=9.0)
+    assert result.labels == [{"min_confidence": 70.0, "max_labels": 3, "deadline": 9.0}]
+    with pytest.raises(LabelingFailed, match="labels only"):
+        detect_with_options(LabelsOnly(), b"", LabelOptions(exclude_labels=("Cat",)))
 
 
 def test_a_burst_of_throttling_is_outlasted(backend: RekognitionBackend, fake_rekognition: FakeRekognition) -> None:

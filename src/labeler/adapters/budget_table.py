@@ -1,7 +1,7 @@
-"""The run's shared DetectLabels count in DynamoDB: ``label_calls`` on the run's progress item.
+"""The run's shared DetectLabels count in DynamoDB: ``label_calls_taken`` on the run's progress item.
 
-One conditional ``UpdateItem`` takes a block of calls: ``ADD label_calls :n`` on condition that the
-count stays within the cap (``label_calls <= cap - n``), so concurrent invocations can never take more
+One conditional ``UpdateItem`` takes a block of calls: ``ADD label_calls_taken :n`` on condition that the
+count stays within the cap (``label_calls_taken <= cap - n``), so concurrent invocations can never take more
 than the cap together (DynamoDB applies each update to an item atomically). When the full block no
 longer fits, the failed condition returns the current count (``ReturnValuesOnConditionCheckFailure``)
 and the rest up to the cap is taken instead: one extra request, only at the cap. Unused calls go
@@ -23,7 +23,9 @@ from typing import Any
 from labeler.adapters.progress import ProgressTable, _expiration
 from labeler.logic.budget import Grant
 
-COUNT_ATTRIBUTE = "label_calls"
+# Calls taken from the cap (made, or held in an invocation's block); the progress tally's `label_calls` counts
+# the calls made by counted batches, beside it on the same item.
+COUNT_ATTRIBUTE = "label_calls_taken"
 # Contended updates at the cap: each failed attempt reads the count and tries the rest again.
 MAX_ATTEMPTS = 8
 

@@ -3,8 +3,10 @@
 Items (key ``id``), all expiring by the table's TTL attribute ``expiration``:
 
 * ``run#<run key>``: the run's counters (``batches_done``, the tally, ``err_<code>``), the split's
-  ``cursor`` (batches sent so far) and ``batch_count`` and ``plan`` (once every batch is sent), and
-  ``finished`` (set once, after the final report is stored: the run's end hook is called once).
+  ``cursor`` (batches sent so far) and ``batch_count`` and ``plan`` (once every batch is sent),
+  ``options`` (the run's options, kept by its first split), ``label_calls_taken`` (its DetectLabels
+  cap's count, :mod:`labeler.adapters.budget_table`), and ``finished`` (set once, after the final
+  report is stored: the run's end hook is called once).
 * ``run#<run key>#batch#<n>``: written once when batch ``n`` is counted.
 * ``run#<run key>#batch#<n>#failure``: why the last failed delivery of batch ``n`` failed (the
   delivery that gives up on the batch names it; a killed delivery leaves none).
@@ -24,7 +26,7 @@ from typing import Any
 
 from labeler.logic.report import Tally
 
-_COUNTERS = ("succeeded", "failed", "labels_from_cache", "not_modified", "already_done", "superseded")
+_COUNTERS = ("succeeded", "failed", "labels_from_cache", "not_modified", "already_done", "superseded", "label_calls")
 _SUMS = ("download_ms", "label_ms")
 # Progress items outlive any run by far; the table's TTL (attribute ``expiration``) then removes them.
 PROGRESS_TTL_SECONDS = 30 * 24 * 3600
@@ -92,6 +94,19 @@ class ProgressTable:
                 return False
             raise
         return True
+
+    def keep_options(self, run_key: str, options: dict[str, Any]) -> dict[str, Any]:
+        """The run's options: ``options`` if none are kept yet (a first split), else the ones kept then."""
+        response = self.client.update_item(
+            TableName=self.table,
+            Key=self._run_id(run_key),
+            UpdateExpression="SET #options = if_not_exists(#options, :options), expiration = :expiration",
+            ExpressionAttributeNames={"#options": "options"},
+            ExpressionAttributeValues={":options": {"S": json.dumps(options)}, ":expiration": _expiration()},
+            ReturnValues="ALL_NEW",  # the kept value, whether this call set it or found it
+        )
+        kept: dict[str, Any] = json.loads(response["Attributes"]["options"]["S"])
+        return kept
 
     def save_cursor(self, run_key: str, cursor: int) -> None:
         """Remember that batches ``0 … cursor-1`` are sent (never moves back)."""

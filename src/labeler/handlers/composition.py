@@ -16,9 +16,11 @@ from labeler.adapters.labels import get_backend
 from labeler.adapters.labels.base import LabelBackend
 from labeler.adapters.store import S3Store, build_s3_client
 from labeler.handlers.idempotency import OncePerDelivery
+from labeler.logic.budget import BudgetStore, InMemoryBudgetStore
 from labeler.logic.cache import LabelCache
 from labeler.logic.keys import report_key
 from labeler.logic.pipeline import Deadline, FanOutSplit, Services
+from labeler.models.label_options import LabelOptions
 from labeler.models.records import EntryItem, ManifestRef
 from labeler.models.settings import Settings
 from labeler.observability import logger
@@ -31,6 +33,9 @@ _services: Services | None = None
 _fanout: FanOut | None = None
 _fanout_built = False
 _once: OncePerDelivery | None = None
+# The DetectLabels counts of runs labeled in this process without a state table (local runs): one per
+# process, so a Lambda-style retry in the same process shares its run's count.
+LOCAL_BUDGETS = InMemoryBudgetStore()
 
 
 def build_backend(settings: Settings) -> LabelBackend:
@@ -65,19 +70,21 @@ def build_services(settings: Settings) -> Services:
     )
     backend = build_backend(settings)
     progress = None
+    budgets: BudgetStore = LOCAL_BUDGETS  # local runs without a state table: this process counts each run's calls
     if settings.state_table:
         import boto3
 
+        from labeler.adapters.budget_table import BudgetTable
         from labeler.adapters.progress import ProgressTable
 
-        progress = ProgressTable(boto3.client("dynamodb"), settings.state_table)
+        dynamodb = boto3.client("dynamodb")
+        progress = ProgressTable(dynamodb, settings.state_table)
+        budgets = BudgetTable(dynamodb, settings.state_table)  # on the run's progress item, for every invocation
     cache = None
     if settings.label_cache:
         cache = LabelCache(
             store,
             backend=backend.name,
-            min_confidence=settings.min_confidence,
-            max_labels=settings.max_labels,
             current_model_version=lambda: getattr(backend, "model_version", None),
             writer=ThreadPoolExecutor(max_workers=4, thread_name_prefix="cache-write"),
         )
@@ -89,6 +96,7 @@ def build_services(settings: Settings) -> Services:
         cache=cache,
         progress=progress,
         on_run_finished=RunFinished(settings.output_bucket),
+        budgets=budgets,
     )
 
 
@@ -159,11 +167,15 @@ def fan_out_on_demand(settings: Settings) -> FanOutSplit | None:
         return None
 
     def split(
-        manifest: ManifestRef, entries: Iterator[EntryItem], head: list[EntryItem], deadline: Deadline
+        manifest: ManifestRef,
+        entries: Iterator[EntryItem],
+        head: list[EntryItem],
+        deadline: Deadline,
+        options: LabelOptions,
     ) -> dict[str, Any]:
         fanout = get_fanout()
         assert fanout is not None
-        return fanout.split(manifest, entries, head, deadline)
+        return fanout.split(manifest, entries, head, deadline, options)
 
     return split
 

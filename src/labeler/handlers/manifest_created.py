@@ -20,7 +20,7 @@ from aws_lambda_powertools.utilities.typing import LambdaContext
 from labeler.handlers.composition import fan_out_on_demand, get_once, get_services
 from labeler.logic.pipeline import Deadline, InvocationTally, Services, process_manifest
 from labeler.models.records import ManifestRef
-from labeler.observability import logger, metrics, publish_entry_metrics, tracer
+from labeler.observability import logger, metrics, publish_entry_metrics, publish_label_calls, tracer
 
 
 # Not Powertools' S3Event: importing its data_classes package loads every event class it knows
@@ -49,7 +49,12 @@ def label_manifest(
 ) -> dict[str, Any]:
     """Process one manifest (inline or fanned out) and return the summary the handler answers with."""
     report = process_manifest(
-        services, ref, deadline, fan_out=fan_out_on_demand(services.settings), on_outcome=counted.add
+        services,
+        ref,
+        deadline,
+        fan_out=fan_out_on_demand(services.settings),
+        on_outcome=counted.add,
+        on_calls=counted.add_calls,
     )
     if "error" in report:
         metrics.add_metric(name="ManifestsRejected", unit=MetricUnit.Count, value=1)
@@ -87,6 +92,7 @@ def handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
             logger.info("manifest done", extra={"report": summary})
     finally:
         publish_entry_metrics(counted.tally)
+        publish_label_calls(calls=counted.label_calls, saved=counted.tally.labels_from_cache)
     if failures:
         raise failures[0]
     return {"manifests": summaries}

@@ -21,13 +21,13 @@ from labeler.handlers.composition import get_fanout, get_once, get_services
 from labeler.logic.fanout import FanOut, WorkBatch
 from labeler.logic.keys import run_key
 from labeler.logic.pipeline import Deadline, InvocationTally
-from labeler.observability import logger, metrics, publish_entry_metrics, tracer
+from labeler.observability import logger, metrics, publish_entry_metrics, publish_label_calls, tracer
 
 processor = BatchProcessor(event_type=EventType.SQS)
 
 
 def label_batch(fanout: FanOut, batch: WorkBatch, deadline: Deadline, counted: InvocationTally) -> dict[str, Any]:
-    result = fanout.process_batch(batch, deadline, on_outcome=counted.add)
+    result = fanout.process_batch(batch, deadline, on_outcome=counted.add, on_calls=counted.add_calls)
     return {"batch": batch.batch_index, **result.tally.to_dict()}
 
 
@@ -76,3 +76,4 @@ def handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
         )
     finally:
         publish_entry_metrics(counted.tally)
+        publish_label_calls(calls=counted.label_calls, saved=counted.tally.labels_from_cache)

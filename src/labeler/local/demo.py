@@ -62,6 +62,9 @@ from labeler.local.samples import (
 INPUT_BUCKET = "s3il-demo-input"
 OUTPUT_BUCKET = "s3il-demo-output"
 MANIFEST_KEY = "manifests/demo-photos.json"
+# The demo's manifest asks for its own options: labels and image properties (colours, quality), which the
+# offline backend computes; the stack lets manifests opt in to IMAGE_PROPERTIES (MANIFEST_FEATURES below).
+DEMO_FEATURES = ["GENERAL_LABELS", "IMAGE_PROPERTIES"]
 DEFAULT_OUTPUT_DIR = Path("demo-output")
 EVENT_WAIT_SECONDS = 10.0
 QUERY_MIN_CONFIDENCE = 50  # the demo's photos of a cat and a coffee are labeled far above it
@@ -101,6 +104,7 @@ class DemoStack:
             # The photos are served on 127.0.0.1: allowed for this run only. 169.254.169.254 stays blocked.
             "ALLOW_PRIVATE_NETWORKS": "true",
             "MAX_WORKERS": str(self.max_workers),
+            "MANIFEST_FEATURES": ",".join(DEMO_FEATURES),
             # No fan-out queue and no state table locally: the manifest is labeled inline.
             "WORK_QUEUE_URL": None,
             "STATE_TABLE": None,
@@ -249,11 +253,16 @@ def run_demo(stack: DemoStack, console: Any, output_dir: Path, timeout_seconds: 
         f"  manifest  s3://{stack.input_bucket}/{MANIFEST_KEY}: {len(manifest)} entries,"
         f" {len(PHOTOS)} photos and {len(BROKEN)} broken on purpose"
     )
+    console.print(
+        f'  options   {{"features": {json.dumps(DEMO_FEATURES)}}}: labels, and colours and quality computed locally',
+        markup=False,
+    )
 
     loading = time.perf_counter()
     warm_up()
     console.print(f"  model     loaded in {time.perf_counter() - loading:.1f} s (what a cold start does once)")
-    event, trigger = deliver_event(stack, json.dumps(manifest, indent=1).encode("utf-8"))
+    document = {"options": {"features": DEMO_FEATURES}, "images": manifest}  # options first: read before the images
+    event, trigger = deliver_event(stack, json.dumps(document, indent=1).encode("utf-8"))
     console.print(f"  trigger   {trigger}", markup=False)
     context = LocalLambdaContext(timeout_seconds=900)
     sequencer = event["Records"][0]["s3"]["object"].get("sequencer")  # the run id of an unversioned upload
@@ -295,6 +304,11 @@ def run_demo(stack: DemoStack, console: Any, output_dir: Path, timeout_seconds: 
         if report.get("status") != "complete":
             problems.append(f"report status {report.get('status')!r}, expected 'complete'")
     problems.extend(check_records(records))
+    problems.extend(
+        f"{record.get('image_id')}: no image_properties, though the manifest asked for IMAGE_PROPERTIES"
+        for record in records
+        if "labels" in record and not isinstance(record.get("image_properties"), dict)
+    )
 
     output_dir.mkdir(parents=True, exist_ok=True)
     gallery, results_dir = write_outputs(output_dir, pairs, report)

@@ -19,6 +19,12 @@ it answers ``304 Not Modified`` its labels come from the cache, free. Hence a ra
 
 Dollars are list prices across the volume tiers (:mod:`labeler.logic.pricing`), from the first
 tier unless ``--calls-this-month`` says how many Group 2 image calls the account already made.
+
+The manifest's own ``"options"`` count too: its ``features`` (else ``--features``, the stack's
+``LABEL_FEATURES``) price IMAGE_PROPERTIES on top of the labels, and its ``max_label_calls`` bounds
+the calls. Options the stack would refuse whatever its settings (an unknown option, a wrong type, a
+value outside DetectLabels' limits) are reported as the stack's refusal; the stack's own bounds
+(``MIN_CONFIDENCE``, ``MAX_LABELS``, ``MANIFEST_FEATURES``...) are not known here and not checked.
 """
 
 from __future__ import annotations
@@ -30,27 +36,46 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from decimal import Decimal
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from labeler.logic.manifest import parse_manifest
+from labeler.logic.manifest import read_manifest
 from labeler.logic.pricing import (
     DETECT_LABELS_PRICE_SOURCE,
+    IMAGE_PROPERTIES_TIERS,
     PRICE_REGION,
     PRICES_READ_ON,
+    calls_usd,
     detect_labels_bill,
-    detect_labels_usd,
+    image_properties_usd,
     tier_list,
     usd,
 )
 from labeler.models.errors import ManifestError
+from labeler.models.label_options import (
+    MAX_DOMINANT_COLORS_LIMIT,
+    MAX_LABELS_LIMIT,
+    Feature,
+    LabelOptions,
+    parse_features,
+)
 from labeler.models.records import ManifestRef, RejectedEntry
 from labeler.models.settings import Settings
 
 DEFAULT_CONCURRENCY = 32
 S3_SCHEME = "s3://"
+
+
+def widest_stack(features: str = Feature.GENERAL_LABELS.value) -> LabelOptions:
+    """A stack that allows whatever DetectLabels allows, labeling with ``features`` (the estimate's assumption)."""
+    return LabelOptions(
+        min_confidence=0,
+        max_labels=MAX_LABELS_LIMIT,
+        features=parse_features(features),
+        max_dominant_colors=MAX_DOMINANT_COLORS_LIMIT,
+    )
 
 
 # --- reading the manifest -------------------------------------------------------------------------
@@ -63,6 +88,7 @@ class ManifestCount:
     unique_urls: int = 0
     s3_objects: int = 0  # valid entries naming an S3 object (s3://bucket/key) rather than an HTTP(S) URL
     error: ManifestError | None = None
+    options: LabelOptions = field(default_factory=widest_stack)  # the manifest's (features, cap), over the stack's
 
 
 def manifest_limits() -> tuple[int, int]:
@@ -71,17 +97,26 @@ def manifest_limits() -> tuple[int, int]:
     return int(defaults["max_manifest_bytes"]), int(defaults["max_manifest_entries"])
 
 
-def count_manifest(source: bytes | BinaryIO, on_new_url: Callable[[str], None] | None = None) -> ManifestCount:
+def count_manifest(
+    source: bytes | BinaryIO,
+    on_new_url: Callable[[str], None] | None = None,
+    stack: LabelOptions | None = None,
+) -> ManifestCount:
     """Count entries as the Lambda reads them; ``on_new_url`` sees each unique URL once, in order.
 
     URLs are told apart as the memo keys tell them apart (exact text); 16-byte digests keep a
-    million of them in ~100 MB.
+    million of them in ~100 MB. The manifest's options are read over ``stack`` (default:
+    :func:`widest_stack`); options it cannot have end the count with ``manifest_options_invalid``.
     """
     max_bytes, max_entries = manifest_limits()
-    count = ManifestCount()
+    stack = stack or widest_stack()
+    count = ManifestCount(options=stack)
     seen: set[bytes] = set()
     try:
-        for item in parse_manifest(source, max_bytes=max_bytes, max_entries=max_entries):
+        read = read_manifest(source, max_bytes=max_bytes, max_entries=max_entries)
+        every_feature = [feature.value for feature in Feature]
+        count.options = stack.for_manifest(read.options, allowed_features=every_feature)
+        for item in read.entries:
             count.entries += 1
             if isinstance(item, RejectedEntry):
                 continue  # recorded as an error, never labeled
@@ -130,8 +165,8 @@ class MemoLookups:
         from labeler.logic.cache import LabelCache  # imports Powertools: only when memos are looked up
 
         self.reads = _ReadFailuresKept(store)
-        # Only URL memos are read; the label settings below do not enter their keys.
-        self._cache = LabelCache(self.reads, backend="rekognition", min_confidence=55.0, max_labels=50)
+        # Only URL memos are read (the backend does not enter their keys).
+        self._cache = LabelCache(self.reads, backend="rekognition")
         self._pool = ThreadPoolExecutor(concurrency, thread_name_prefix="memo")
         self._slots = threading.BoundedSemaphore(2 * concurrency)  # bounded memory, whatever the manifest's size
         self._lock = threading.Lock()
@@ -170,15 +205,30 @@ class Estimate:
     calls_this_month: int = 0
 
     @property
+    def cap(self) -> int | None:
+        """The manifest's own ``max_label_calls`` (the stack's cap is not known here)."""
+        return self.count.options.max_label_calls
+
+    def _capped(self, calls: int) -> int:
+        return calls if self.cap is None else min(calls, self.cap)
+
+    @property
     def max_calls(self) -> int:
-        return self.count.unique_urls
+        return self._capped(self.count.unique_urls)
 
     @property
     def min_calls(self) -> int:
-        return self.count.unique_urls - (self.memoized_urls or 0)
+        return self._capped(self.count.unique_urls - (self.memoized_urls or 0))
 
     def usd(self, calls: int) -> Decimal:
-        return detect_labels_usd(calls, calls_this_month=self.calls_this_month)
+        """The calls' list price with the manifest's features (IMAGE_PROPERTIES on its own line)."""
+        options = self.count.options
+        return calls_usd(
+            calls,
+            general_labels=options.general_labels,
+            image_properties=options.image_properties,
+            calls_this_month=self.calls_this_month,
+        )
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -191,6 +241,8 @@ class Estimate:
             "min_calls": self.min_calls,
             "max_usd": usd(self.usd(self.max_calls)),
             "min_usd": usd(self.usd(self.min_calls)),
+            "features": [feature.value for feature in self.count.options.features],
+            "max_label_calls": self.cap,
             "price_date": PRICES_READ_ON,
         }
 
@@ -224,11 +276,18 @@ def render_text(estimate: Estimate, where: str, memo_place: str | None, lookups:
         dollars(estimate.usd(high)) if low == high else f"{dollars(estimate.usd(low))} to {dollars(estimate.usd(high))}"
     )
     month = f", after {estimate.calls_this_month:,} calls this month" if estimate.calls_this_month else ""
-    lines += [f"DetectLabels    {calls} calls (at most one per unique URL)", f"list price      {price}{month}"]
-    bill = detect_labels_bill(high, calls_this_month=estimate.calls_this_month)
+    options = count.options
+    bound = "at most one per unique URL" + (f", capped at {estimate.cap:,} by max_label_calls" if estimate.cap else "")
+    features = " + ".join(feature.value for feature in options.features)
+    lines += [f"DetectLabels    {calls} calls ({bound})", f"features        {features}"]
+    lines.append(f"list price      {price}{month}")
+    bill = detect_labels_bill(high, calls_this_month=estimate.calls_this_month) if options.general_labels else []
     if len(bill) > 1:
         for use in bill:
             lines.append(f"                {use.calls:,} × ${use.tier.usd_per_call.normalize():f} = {dollars(use.usd)}")
+    if options.image_properties:
+        first = IMAGE_PROPERTIES_TIERS[0].usd_per_call.normalize()
+        lines.append(f"                image properties: {dollars(image_properties_usd(high))} (${first:f} per image)")
     lines.append(f"prices          per image per month: {tier_list()}")
     lines.append(
         f"                ({PRICE_REGION} list prices read {PRICES_READ_ON} from {DETECT_LABELS_PRICE_SOURCE})"
@@ -321,15 +380,15 @@ def _memo_lookups(args: argparse.Namespace, session: Any, s3: Any) -> tuple[Memo
     ), f"s3://{output}/{memo_prefix()}"
 
 
-def _count(target: _Target, lookups: MemoLookups | None) -> ManifestCount:
+def _count(target: _Target, lookups: MemoLookups | None, stack: LabelOptions) -> ManifestCount:
     on_new_url = lookups.submit if lookups is not None else None
     try:
         if target.bucket is None:
             with target.path.open("rb") as handle:
-                return count_manifest(handle, on_new_url)
+                return count_manifest(handle, on_new_url, stack)
         body = _open_s3_manifest(target.s3, target.bucket, target.key)
         try:
-            return count_manifest(body, on_new_url)
+            return count_manifest(body, on_new_url, stack)
         finally:
             body.close()
     finally:
@@ -360,12 +419,16 @@ def cmd_estimate(args: argparse.Namespace) -> int:
         raise CliError("--calls-this-month must not be negative")
     if not 1 <= args.concurrency <= 256:
         raise CliError("--concurrency must be between 1 and 256")
+    try:
+        stack = widest_stack(args.features)
+    except ValueError as exc:
+        raise CliError(f"--features: {exc}") from exc
     out, err = consoles()
     wants_memos = bool(args.embedded or args.stack or args.output_bucket)
     target, session = _target(args, wants_memos)
     lookups, place = _memo_lookups(args, session, target.s3) if wants_memos else (None, None)
 
-    count = _count(target, lookups)
+    count = _count(target, lookups, stack)
     if count.error is not None and count.entries == 0:
         raise CliError(f"the stack would reject this manifest: {count.error.code}: {count.error}")
     memoized = _memoized(lookups, str(place), err) if lookups is not None else None
@@ -420,6 +483,12 @@ def add_estimate_command(commands: Any, common: argparse.ArgumentParser) -> None
         metavar="N",
         help="Group 2 image calls (DetectLabels, DetectFaces, ...) the account made this month in the region: "
         "later calls fall in cheaper tiers (default 0: priced from the first tier)",
+    )
+    estimate.add_argument(
+        "--features",
+        default=Feature.GENERAL_LABELS.value,
+        help="the stack's LABEL_FEATURES, for a manifest whose options name no features "
+        "(GENERAL_LABELS, IMAGE_PROPERTIES or both, comma-separated; default GENERAL_LABELS)",
     )
     estimate.add_argument("--json", action="store_true", help="print one JSON object")
     estimate.set_defaults(func=cmd_estimate)

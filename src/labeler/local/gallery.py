@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import base64
 import io
+import re
 from collections.abc import Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from html import escape
@@ -28,6 +29,9 @@ MAX_URL_CHARS = 120
 # Decoders Pillow may use for a thumbnail: the formats the pipeline accepts, nothing exotic.
 THUMBNAIL_FORMATS = ("JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF")
 THUMBNAIL_MAX_PIXELS = 100_000_000
+MAX_SWATCHES = 6
+# Only a colour that is exactly #rrggbb goes into a style attribute (the CSP allows inline styles).
+HEX_COLOUR = re.compile(r"#[0-9a-fA-F]{6}")
 
 CSS = """
 :root { color-scheme: light; --ink: #1d2430; --muted: #5d6778; --line: #e3e7ee; --ok: #1f7a4d;
@@ -70,6 +74,10 @@ main { display: grid; grid-template-columns: repeat(auto-fill, minmax(min(100%, 
 .error .code { display: inline-block; font: 600 12px/1.6 ui-monospace, "DejaVu Sans Mono", monospace;
   color: #fff; background: var(--bad); border-radius: 6px; padding: 0 7px; margin: 0 0 6px; }
 .error .message { margin: 0; font-size: 13px; overflow-wrap: anywhere; }
+.swatches { list-style: none; margin: 8px 0 2px; padding: 0; display: flex; height: 14px; border-radius: 4px;
+  overflow: hidden; border: 1px solid var(--line); }
+.swatches li { min-width: 3px; }
+.quality { margin: 2px 0 0; color: var(--muted); font-size: 12px; font-variant-numeric: tabular-nums; }
 footer { max-width: 1280px; margin: 0 auto; padding: 0 20px 24px; color: var(--muted); font-size: 12px; }
 @media (max-width: 480px) { header, main, footer { padding-left: 12px; padding-right: 12px; } main { gap: 12px; }
   .failed .thumb { aspect-ratio: 16 / 5; } }
@@ -143,10 +151,45 @@ def _counts_line(report: Mapping[str, Any] | None, records: list[Mapping[str, An
         parts.insert(0, f"status <b>{_text(status)}</b>")
     if report and report.get("labels_from_cache"):
         parts.append(f"{_text(report['labels_from_cache'])} from the label cache")
+    cost = (report or {}).get("cost")
+    if isinstance(cost, Mapping):
+        parts.append(f'<span id="cost">{_text(cost_text(cost))}</span>')
     seconds = (report or {}).get("timings_ms", {}).get("total") if report else None
     if isinstance(seconds, int | float):
         parts.append(f"{seconds / 1000:.1f} s")
     return " · ".join(parts), {str(code): int(count) for code, count in sorted(by_code.items())}
+
+
+def cost_text(cost: Mapping[str, Any]) -> str:
+    """``DetectLabels 6 calls, 2 saved, $0.006``: a report's ``cost`` in words (also the demo's summary line)."""
+    calls, saved = int(cost.get("detect_labels_calls") or 0), int(cost.get("detect_labels_saved") or 0)
+    amount = float(cost.get("estimated_usd") or 0.0)
+    return f"DetectLabels {calls} call{'' if calls == 1 else 's'}, {saved} saved, ${amount:.5g}"
+
+
+def _properties(record: Mapping[str, Any]) -> str:
+    """Colour swatches (width = share of the pixels) and a quality line, when the record has image properties."""
+    properties = record.get("image_properties")
+    if not isinstance(properties, Mapping):
+        return ""
+    swatches = []
+    for colour in list(properties.get("DominantColors") or [])[:MAX_SWATCHES]:
+        if not isinstance(colour, Mapping) or not HEX_COLOUR.fullmatch(str(colour.get("HexCode", ""))):
+            continue
+        share = max(0.0, min(100.0, float(colour.get("PixelPercent") or 0.0)))
+        name = f"{colour.get('CSSColor', colour['HexCode'])} {share:.0f}%"
+        swatches.append(
+            f'<li class="swatch" title="{_text(name)}" style="background:{colour["HexCode"]};flex:{share:.2f}"></li>'
+        )
+    quality = properties.get("Quality")
+    measures = []
+    if isinstance(quality, Mapping):
+        for key in ("Brightness", "Sharpness", "Contrast"):
+            value = quality.get(key)
+            if isinstance(value, int | float):
+                measures.append(f"{key.lower()} {value:.0f}")
+    line = f'<p class="quality">{_text(" · ".join(measures))}</p>' if measures else ""
+    return (f'<ul class="swatches">{"".join(swatches)}</ul>' if swatches else "") + line
 
 
 def _manifest_name(report: Mapping[str, Any] | None, records: list[Mapping[str, Any]]) -> str:
@@ -213,7 +256,7 @@ def _card(record: Mapping[str, Any], thumbnail: str | None) -> str:
         )
         css, meta = "card failed", ""
     else:
-        content = _label_rows(list(record.get("labels") or []))
+        content = _label_rows(list(record.get("labels") or [])) + _properties(record)
         meta_text = _image_meta(record)
         css, meta = "card ok", (f'<p class="meta">{_text(meta_text)}</p>' if meta_text else "")
     return (

@@ -33,7 +33,7 @@ from urllib.parse import quote_plus, unquote_plus
 
 DEFAULT_FUNCTION_NAME = "s3-image-labeler-ManifestFunction"
 MANIFEST_SUFFIXES = (".json", ".jsonl")
-TERMINAL_STATUSES = frozenset({"complete", "partial", "failed"})
+TERMINAL_STATUSES = frozenset({"complete", "capped", "partial", "failed"})
 
 
 # --- the Lambda context --------------------------------------------------------------------------
@@ -425,7 +425,7 @@ def results_table(records: list[dict[str, Any]], *, title: str | None = None) ->
 
 
 def report_line(report: Mapping[str, Any]) -> Any:
-    """One line: status, totals, failures by code, cache use and time."""
+    """One line: status, totals, failures by code, cache use, the DetectLabels cost and time."""
     from rich.text import Text
 
     status = str(report.get("status", "?"))
@@ -440,6 +440,11 @@ def report_line(report: Mapping[str, Any]) -> Any:
         line.append(" (" + ", ".join(f"{code} {count}" for code, count in sorted(codes.items())) + ")", style="red")
     if report.get("labels_from_cache"):
         line.append(f" · {report['labels_from_cache']} from cache")
+    cost = report.get("cost")
+    if isinstance(cost, Mapping):
+        from labeler.local.gallery import cost_text
+
+        line.append(f" · {cost_text(cost)}")
     total_ms = (report.get("timings_ms") or {}).get("total")
     if isinstance(total_ms, int | float):
         line.append(f" · {total_ms / 1000:.1f} s")

@@ -1,9 +1,10 @@
 """Never pay twice: a content-hash label cache and per-URL validators, kept in the output bucket.
 
-* ``cache/labels/<backend>/<settings>/<sha256[:2]>/<sha256>.json`` — labels of identical bytes,
-  reused across entries, manifests and re-uploads. The key holds the backend and the label
-  settings; the document holds the label model version, checked on read, so changing any of
-  them relabels.
+* ``cache/labels/<backend>/<tag>/<sha256[:2]>/<sha256>.json`` — labels (and image properties) of
+  identical bytes, reused across entries, manifests and re-uploads. ``<tag>`` names every option
+  that changes DetectLabels' answer (:func:`label_cache_tag`): different options never share an
+  answer, the same options always do. The document holds the label model version, checked on
+  read, so a new model relabels.
 * ``cache/urls/<sha256(url)>.json`` — the ``ETag``/``Last-Modified`` a URL last answered with and
   the content hash it had, so the next fetch can be conditional and a ``304`` reuses the labels.
 
@@ -22,7 +23,26 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from labeler.logic.keys import CACHE_PREFIX
+from labeler.models.label_options import Feature, LabelOptions
 from labeler.observability import logger
+
+
+def label_cache_tag(options: LabelOptions, salt: str = "") -> str:
+    """The cache key's part that names the options: equal for equal requests, different otherwise.
+
+    Labels alone without filters keep the tag the cache always had (``c<MinConfidence>-n<MaxLabels>``),
+    so labels cached before options existed stay valid; anything else is ``o-`` and
+    :meth:`LabelOptions.cache_tag` (a hash of the request, ``salt`` included: what else the backend's
+    answer depends on, e.g. the local image-properties algorithm's version).
+
+    >>> label_cache_tag(LabelOptions(min_confidence=55, max_labels=50))
+    'c55-n50'
+    >>> label_cache_tag(LabelOptions(exclude_labels=("Cat",)))
+    'o-ec0688ee68f86284'
+    """
+    if options.features == (Feature.GENERAL_LABELS,) and not options.has_filters and not salt:
+        return f"c{options.min_confidence:g}-n{options.max_labels}"
+    return f"o-{options.cache_tag(salt)}"
 
 
 class JsonStore(Protocol):
@@ -36,6 +56,7 @@ class CachedLabels:
     labels: list[dict[str, Any]]
     model_version: str
     image: dict[str, Any]
+    image_properties: dict[str, Any] | None = None  # DetectLabels' ImageProperties, when they were asked for
 
 
 @dataclass(frozen=True)
@@ -91,28 +112,26 @@ class LabelCache:
         store: JsonStore,
         *,
         backend: str,
-        min_confidence: float,
-        max_labels: int,
         current_model_version: Callable[[], str | None] = lambda: None,
         writer: Executor | None = None,
         recent_size: int = 2048,
     ) -> None:
         self._store = store
         self._backend = backend
-        self._settings_tag = f"c{min_confidence:g}-n{max_labels}"
         self._current_model_version = current_model_version
         # Cache writes are off the entry's critical path when a writer pool is given; flush() waits for them.
         self._writer = writer
         self._pending: set[Future[None]] = set()
         self._pending_lock = threading.Lock()
         # Labels written by this container, newest last: same bytes again (in this invocation or a warm
-        # one) cost no S3 read, and a write still in flight is already visible.
-        self._recent: OrderedDict[str, CachedLabels] = OrderedDict()
+        # one) cost no S3 read, and a write still in flight is already visible. Keyed by (tag, sha256).
+        self._recent: OrderedDict[tuple[str, str], CachedLabels] = OrderedDict()
         self._recent_size = recent_size
         self._recent_lock = threading.Lock()
 
-    def labels_key(self, sha256: str) -> str:
-        return f"{CACHE_PREFIX}labels/{self._backend}/{self._settings_tag}/{sha256[:2]}/{sha256}.json"
+    def labels_key(self, sha256: str, tag: str) -> str:
+        """The key of the answer for bytes ``sha256`` under the options named by ``tag`` (:func:`label_cache_tag`)."""
+        return f"{CACHE_PREFIX}labels/{self._backend}/{tag}/{sha256[:2]}/{sha256}.json"
 
     @staticmethod
     def url_key(url: str) -> str:
@@ -130,35 +149,43 @@ class LabelCache:
         # Rekognition reveals its model version only in a response: before the first one, trust the cache.
         return not current or version == current
 
-    def get_labels(self, sha256: str) -> CachedLabels | None:
+    def get_labels(self, sha256: str, tag: str) -> CachedLabels | None:
         with self._recent_lock:
-            recent = self._recent.get(sha256)
+            recent = self._recent.get((tag, sha256))
             if recent is not None:
-                self._recent.move_to_end(sha256)
+                self._recent.move_to_end((tag, sha256))
         if recent is not None and self._is_current(recent.model_version):
             return recent
-        document = self._read(self.labels_key(sha256))
+        document = self._read(self.labels_key(sha256, tag))
         if not document or not isinstance(document.get("labels"), list):
             return None
         version = str(document.get("model_version", ""))
         if not self._is_current(version):
             return None
-        return CachedLabels(labels=document["labels"], model_version=version, image=document.get("image", {}))
+        properties = document.get("image_properties")
+        return CachedLabels(
+            labels=document["labels"],
+            model_version=version,
+            image=document.get("image", {}),
+            image_properties=properties if isinstance(properties, dict) else None,
+        )
 
-    def put_labels(self, sha256: str, labels: list[dict[str, Any]], model_version: str, image: dict[str, Any]) -> None:
+    def put_labels(self, sha256: str, tag: str, answer: CachedLabels) -> None:
         with self._recent_lock:
-            self._recent[sha256] = CachedLabels(labels=labels, model_version=model_version, image=image)
-            self._recent.move_to_end(sha256)
+            self._recent[(tag, sha256)] = answer
+            self._recent.move_to_end((tag, sha256))
             while len(self._recent) > self._recent_size:
                 self._recent.popitem(last=False)
         document = {
             "sha256": sha256,
             "backend": self._backend,
-            "model_version": model_version,
-            "labels": labels,
-            "image": image,
+            "model_version": answer.model_version,
+            "labels": answer.labels,
+            "image": answer.image,
         }
-        self._write(self.labels_key(sha256), document)
+        if answer.image_properties is not None:
+            document["image_properties"] = answer.image_properties
+        self._write(self.labels_key(sha256, tag), document)
 
     def _write(self, key: str, document: dict[str, Any]) -> None:
         """Store a cache document, in the background when a writer pool is given. Never raises."""

@@ -35,14 +35,16 @@ from labeler.logic.pipeline import (
     RunResult,
     Services,
     finish_run,
-    process_entries,
+    label_entries,
     record_error,
+    run_options,
     superseded_summary,
     write_index,
 )
-from labeler.logic.report import RunState, Tally, publish_report
+from labeler.logic.report import RunState, Tally, final_status, publish_report
 from labeler.logic.run_index import PartIndex
 from labeler.models.errors import BatchFailed, LabelerError, ManifestError
+from labeler.models.label_options import LabelOptions
 from labeler.models.records import EntryItem, ManifestEntry, ManifestRef, RejectedEntry
 from labeler.observability import logger
 
@@ -71,24 +73,34 @@ def _entry_from_message(message: dict[str, Any]) -> EntryItem:
 
 @dataclass(frozen=True)
 class WorkBatch:
-    """One SQS message: up to ``BATCH_SIZE`` entries of one manifest run (rejected ones included)."""
+    """One SQS message: up to ``BATCH_SIZE`` entries of one manifest run (rejected ones included).
+
+    ``options`` are the run's, decided once by the splitter (``max_label_calls``: the run's cap), so
+    every worker labels the same way and counts against the same cap, even if the stack's settings
+    change mid-run. ``None``: a message written before options existed (the stack's apply).
+    """
 
     manifest: ManifestRef
     batch_index: int
     entries: tuple[EntryItem, ...]
+    options: LabelOptions | None = None
 
     def to_message(self) -> dict[str, Any]:
-        return {
+        message: dict[str, Any] = {
             "manifest": self.manifest.to_dict(),
             "batch_index": self.batch_index,
             "entries": [_entry_message(entry) for entry in self.entries],
         }
+        if self.options is not None:
+            message["options"] = self.options.to_message()
+        return message
 
     @classmethod
     def from_message(cls, body: Any) -> WorkBatch:
         try:
             entries = tuple(_entry_from_message(entry) for entry in body["entries"])
-            return cls(ManifestRef.from_dict(body["manifest"]), int(body["batch_index"]), entries)
+            options = LabelOptions.from_message(body["options"]) if body.get("options") is not None else None
+            return cls(ManifestRef.from_dict(body["manifest"]), int(body["batch_index"]), entries, options)
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
             raise MalformedWorkBatch(f"not a work batch: {exc!r}") from exc
 
@@ -101,30 +113,38 @@ class FanOut:
 
     # --- splitter (manifest function) -------------------------------------------------------------
     def split(
-        self, manifest: ManifestRef, entries: Iterator[EntryItem], head: list[EntryItem], deadline: Deadline
+        self,
+        manifest: ManifestRef,
+        entries: Iterator[EntryItem],
+        head: list[EntryItem],
+        deadline: Deadline,
+        options: LabelOptions,
     ) -> dict[str, Any]:
         """Send the entries not sent yet to the queue in batches; returns the report as it stands.
 
-        Raises :class:`DeadlineReached` when the deadline comes first (the retry resumes).
+        ``options`` are the run's: the first split keeps them on the run's progress item, and a retried
+        split uses those, so every batch of a run carries the same. Raises :class:`DeadlineReached`
+        when the deadline comes first (the retry resumes).
         """
         key = run_key(manifest)
+        options = LabelOptions.from_message(self.progress.keep_options(key, options.to_message()))
         state = self.progress.read(key)
         if state.batch_count is None:  # not every batch was sent yet (a first split, or a retried one)
-            batch_count, error = self._send_batches(manifest, chain(head, entries), state.cursor, deadline)
+            batch_count, error = self._send_batches(manifest, chain(head, entries), state.cursor, deadline, options)
             self.progress.set_plan(key, batch_count, {"error": error.to_dict() if error else None})
             logger.info("manifest fanned out", extra={"batches": batch_count, "resumed_at": state.cursor})
-        final = self.maybe_finalize(manifest)
+        final = self.maybe_finalize(manifest, options)
         if final is not None:
             return final
         state = self.progress.read(key)
         batches = {"count": state.batch_count or 0, "done": state.batches_done}
         published = publish_report(
-            self.services.store, manifest, RunState(state.tally, "in_progress", "fanout", None, batches)
+            self.services.store, manifest, RunState(state.tally, "in_progress", "fanout", None, batches, options)
         )
         return superseded_summary(manifest, state.tally) if published.superseded else published.report
 
     def _send_batches(
-        self, manifest: ManifestRef, items: Iterable[EntryItem], cursor: int, deadline: Deadline
+        self, manifest: ManifestRef, items: Iterable[EntryItem], cursor: int, deadline: Deadline, options: LabelOptions
     ) -> tuple[int, ManifestError | None]:
         """Send batches ``cursor``… of ``items``; (how many batches the run has, the manifest's own error)."""
         size = self.services.settings.batch_size
@@ -134,7 +154,7 @@ class FanOut:
         def batch(entries: list[EntryItem]) -> dict[str, Any] | None:
             index = found["count"]
             found["count"] += 1
-            return WorkBatch(manifest, index, tuple(entries)).to_message() if index >= cursor else None
+            return WorkBatch(manifest, index, tuple(entries), options).to_message() if index >= cursor else None
 
         def messages() -> Iterator[dict[str, Any]]:
             pending: list[EntryItem] = []
@@ -160,16 +180,26 @@ class FanOut:
         return found["count"], found["error"]
 
     # --- worker ---------------------------------------------------------------------------------------
+    def run_options(self, batch: WorkBatch) -> LabelOptions:
+        """The options (and cap) of the batch's run: the message's, or the stack's for an older message."""
+        if batch.options is not None:
+            return batch.options
+        return run_options(self.services.settings, None)
+
     def process_batch(
         self,
         batch: WorkBatch,
         deadline: Deadline | None = None,
         on_outcome: Callable[[EntryOutcome], None] | None = None,
+        on_calls: Callable[[int], None] | None = None,
     ) -> RunResult:
         """Label one batch, write its index object and count it. Raises so that SQS delivers the message again
         when unfinished."""
+        options = self.run_options(batch)
         index = self.batch_index(batch)
-        result = process_entries(self.services, batch.manifest, batch.entries, deadline, index.observing(on_outcome))
+        result = label_entries(
+            self.services, batch.manifest, batch.entries, options, deadline, index.observing(on_outcome), on_calls
+        )
         write_index(index, result)
         if result.write_failures:
             raise ResultWriteFailed(f"{len(result.write_failures)} record(s) not written: {result.write_failures[0]}")
@@ -214,16 +244,15 @@ class FanOut:
     def complete_batch(self, batch: WorkBatch, tally: Tally) -> None:
         if not self.progress.record_batch(run_key(batch.manifest), batch.batch_index, tally):
             logger.info("batch was already counted (redelivery)", extra={"batch_index": batch.batch_index})
-        self.maybe_finalize(batch.manifest)
+        self.maybe_finalize(batch.manifest, self.run_options(batch))
 
     # --- report ------------------------------------------------------------------------------------------
-    def maybe_finalize(self, manifest: ManifestRef) -> dict[str, Any] | None:
+    def maybe_finalize(self, manifest: ManifestRef, options: LabelOptions) -> dict[str, Any] | None:
         """The final report, once every batch is counted (written again by each caller: it is idempotent)."""
         state = self.progress.read(run_key(manifest))
         if state.batch_count is None or state.batches_done < state.batch_count:
             return None
         error = state.plan.get("error")
         batches = {"count": state.batch_count, "done": state.batches_done}
-        return finish_run(
-            self.services, manifest, RunState(state.tally, "partial" if error else "complete", "fanout", error, batches)
-        )
+        status = final_status(state.tally, error)
+        return finish_run(self.services, manifest, RunState(state.tally, status, "fanout", error, batches, options))

@@ -16,6 +16,21 @@ Accepted forms (README, "Manifests"):
 * a UTF-8 byte order mark; trailing commas; hand-written JavaScript style (unquoted keys,
   single quotes, comments) through ``json5``.
 
+Options (how the images are labeled; checked against the stack's bounds by
+:meth:`labeler.models.label_options.LabelOptions.for_manifest`, not here), known before the first
+entry in every form, whatever the size, so that a streamed manifest labels every entry with them:
+
+* an object manifest's top-level ``"options"`` key: before ``"images"`` (an ``"options"`` key met
+  after ``"images"``, or twice, is ``manifest_options_invalid`` where it is met: read whole, before
+  any entry; streamed, after the entries of ``images``), anywhere in a one-image ``{"url": ...}``;
+* JSON Lines: a first line holding only ``{"options": ...}``; it is not an entry (numbering starts
+  at the next line). Such a line later on is ``manifest_options_invalid`` where it is met;
+* a list has no place for options. An entry (a list element, an ``images`` element, a JSON Lines
+  line) that carries an ``"options"`` key is ``invalid_entry``: options apply to a whole manifest;
+* at most ``MAX_OPTIONS_VALUES`` values in ``"options"`` (built in bounded memory when streamed).
+
+:func:`read_manifest` returns the options and the entries; :func:`parse_manifest` the entries alone.
+
 How a body is read:
 
 * Leading whitespace is skipped as it is read (never buffered): a body of nothing but
@@ -89,6 +104,7 @@ import json
 import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+from itertools import chain
 from typing import Any, BinaryIO
 
 from labeler.logic.keys import derive_image_id
@@ -98,6 +114,7 @@ from labeler.models.errors import (
     ManifestEmpty,
     ManifestError,
     ManifestInvalid,
+    ManifestOptionsInvalid,
     ManifestReadInterrupted,
     ManifestTooLarge,
     ManifestTooManyEntries,
@@ -118,7 +135,14 @@ READ_CHUNK_BYTES = 256 * 1024
 _JSON_WHITESPACE = b" \t\r\n"
 _JSON_WHITESPACE_STR = " \t\r\n"
 _NON_BLANK = re.compile(rb"[^ \t\r\n]")
-_ENTRY_KEYS = ("url", "id")
+# "options" is kept only so that an entry carrying it can be refused (options belong to a manifest).
+_ENTRY_KEYS = ("url", "id", "options")
+OPTIONS_KEY = "options"
+MAX_OPTIONS_VALUES = 1000  # values (scalars and containers) an "options" object may hold: ~400 when full
+OPTIONS_AFTER_IMAGES = (
+    '"options" must come before "images" (the entries are labeled as they are read, with the options '
+    "known by then); write the options first"
+)
 _STARTS = frozenset(("start_map", "start_array"))
 _ENDS = frozenset(("end_map", "end_array"))
 _MISSING: Any = object()
@@ -279,6 +303,57 @@ class _Stream:
             yield chunk
 
 
+# --- options -------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class _OptionsFound:
+    """The manifest's ``"options"`` value, as read: produced before the first entry, never counted as one."""
+
+    value: Any
+
+
+class _TopLevelKeys:
+    """The rules for a manifest object's top-level keys, whoever reads them (whole or streamed), in order."""
+
+    def __init__(self) -> None:
+        self.images = False
+        self.options = False
+
+    def see(self, key: Any) -> None:
+        if key == "images":
+            if self.images:
+                raise ManifestInvalid('"images" appears twice in the manifest')
+            self.images = True
+        elif key == OPTIONS_KEY:
+            if self.options:
+                raise ManifestOptionsInvalid('"options" appears twice in the manifest', option=OPTIONS_KEY)
+            if self.images:
+                raise ManifestOptionsInvalid(OPTIONS_AFTER_IMAGES, option=OPTIONS_KEY)
+            self.options = True
+
+
+def _too_many_options() -> ManifestOptionsInvalid:
+    return ManifestOptionsInvalid(f'"options" holds more than {MAX_OPTIONS_VALUES} values', option=OPTIONS_KEY)
+
+
+def _check_options_size(value: Any) -> None:
+    """Refuse an ``"options"`` value of more than ``MAX_OPTIONS_VALUES`` values (as the streamed reader does)."""
+    count, stack = 0, [value]
+    while stack:
+        item = stack.pop()
+        count += 1
+        if count > MAX_OPTIONS_VALUES:
+            raise _too_many_options()
+        if isinstance(item, dict):
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+
+
+def _is_options_line(value: Any) -> bool:
+    """A JSON Lines line holding only ``{"options": ...}``: the manifest's options, not an entry."""
+    return isinstance(value, dict) and len(value) == 1 and OPTIONS_KEY in value
+
+
 # --- entries -------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class _BadLine:
@@ -431,6 +506,11 @@ class _Entries:
             url, problem = _check_url(raw.get("url", _MISSING))
             image_id, id_problem = _check_id(raw.get("id", _MISSING))
             problem = problem or id_problem
+            if OPTIONS_KEY in raw:  # never silently ignored: the entry would be labeled without them
+                problem = (
+                    'an entry cannot carry "options": they apply to a whole manifest '
+                    '({"options": ..., "images": [...]}, or a first JSON Lines line holding only "options")'
+                )
         else:
             problem = f"the entry is {_type_name(raw)}, not an object or a URL string"
 
@@ -462,8 +542,11 @@ class _Entries:
         assert url is not None and image_id is not None
         return ManifestEntry(index=index, image_id=image_id, url=url, id_given=id_given)
 
-    def all(self, raws: Iterable[Any]) -> Iterator[ManifestEntry | RejectedEntry]:
+    def all(self, raws: Iterable[Any]) -> Iterator[ManifestEntry | RejectedEntry | _OptionsFound]:
         for raw in raws:
+            if isinstance(raw, _OptionsFound):  # the readers produce it before any entry
+                yield raw
+                continue
             yield self.make(raw)
         if self.count == 0:
             raise ManifestEmpty("the manifest has no entries")
@@ -517,16 +600,16 @@ def _loads_strict(text: str, **options: Any) -> Any:
     return json.loads(text, **options)
 
 
-def _images_repeated(text: str) -> bool:
-    """Whether the top-level object of ``text`` (valid, strict JSON) has the key ``images`` twice."""
-    last = [0]
+def _top_level_keys(text: str) -> list[str]:
+    """The keys of the top-level object of ``text`` (valid, strict JSON) in order, repeated ones included."""
+    last: list[list[str]] = [[]]
 
-    def count_images(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-        last[0] = sum(1 for key, _ in pairs if key == "images")  # the top-level object closes last
+    def keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+        last[0] = [key for key, _ in pairs]  # the top-level object closes last
         return dict(pairs)
 
-    _loads_strict(text, object_pairs_hook=count_images)
-    return last[0] > 1
+    _loads_strict(text, object_pairs_hook=keys)
+    return last[0]
 
 
 def _loads_line(line: str, lenient: bool) -> Any:
@@ -564,18 +647,29 @@ def _is_jsonl_start(value: Any) -> bool:
     return isinstance(value, dict | str)
 
 
-def _top_values(value: Any) -> Iterable[Any]:
-    """The raw entries of a parsed JSON document."""
+def _top_values(value: Any, keys: Iterable[str] | None = None) -> Iterable[Any]:
+    """The raw entries of a parsed JSON document, its ``"options"`` first (as :class:`_OptionsFound`).
+
+    ``keys``: the top-level object's keys as written, repeats included, when they may differ from
+    the parsed object's (a key given twice); they are checked as the streamed reader checks them.
+    """
     if isinstance(value, list):
         return value
     if isinstance(value, dict):
+        rules = _TopLevelKeys()
+        for key in value if keys is None else keys:
+            rules.see(key)
+        found: list[Any] = []
+        if OPTIONS_KEY in value:
+            _check_options_size(value[OPTIONS_KEY])
+            found.append(_OptionsFound(value[OPTIONS_KEY]))
         if "images" in value:
             images = value["images"]
             if not isinstance(images, list):
                 raise ManifestInvalid(f'"images" must be a list, not {_type_name(images)}')
-            return images
-        if "url" in value:
-            return [value]
+            return [*found, *images] if found else images
+        if "url" in value:  # one image: the object is the manifest and its only entry
+            return [*found, {key: item for key, item in value.items() if key != OPTIONS_KEY}]
         raise ManifestInvalid('a manifest object needs "url" (one image) or "images" (a list of them)')
     raise ManifestInvalid(
         f"the manifest is {_type_name(value)}: it must be an object, a list or JSON Lines of objects or URLs"
@@ -591,10 +685,11 @@ def _small_values(data: bytes, origin: _Origin) -> Iterable[Any]:
     lenient = len(data) <= JSON5_MAX_BYTES
     try:
         value = _loads_strict(text)
-        # Refused as when streamed (where the first list is gone by the second key): the same answer at any size.
-        if isinstance(value, dict) and "images" in value and text.count('"images"') > 1 and _images_repeated(text):
-            raise ManifestInvalid('"images" appears twice in the manifest')
-        return _top_values(value)
+        # A key given twice is refused as when streamed (where the first list is gone by the second key).
+        keys = None
+        if isinstance(value, dict) and (text.count('"images"') > 1 or text.count(f'"{OPTIONS_KEY}"') > 1):
+            keys = _top_level_keys(text)
+        return _top_values(value, keys)
     except RecursionError:
         raise _too_deep() from None
     except json.JSONDecodeError as exc:
@@ -701,7 +796,18 @@ def _jsonl_values(chunks: Iterable[bytes], lenient: bool, origin: _Origin) -> It
             first.append(value)
             continue
         if first:
-            yield first.pop()
+            held = first.pop()
+            if _is_options_line(held):  # JSON Lines: the first line may hold only the manifest's options
+                _check_options_size(held[OPTIONS_KEY])
+                yield _OptionsFound(held[OPTIONS_KEY])
+            else:
+                yield held
+        if _is_options_line(value):
+            raise ManifestOptionsInvalid(
+                f'line {number} holds "options": in JSON Lines they must be the first line, before any entry',
+                option=OPTIONS_KEY,
+                line=number,
+            )
         yield value
     if first:  # one value and nothing else: a JSON document, as when read whole
         yield from _top_values(first[0])
@@ -766,28 +872,58 @@ def _streamed_json(events: Iterator[tuple[str, Any]]) -> Iterator[Any]:
 
 def _streamed_object(events: Iterator[tuple[str, Any]]) -> Iterator[Any]:
     fields: dict[str, Any] = {}
-    images_seen = False
+    rules = _TopLevelKeys()
     key = None
     for event, value in events:
         if event == "end_map":
             break
         if event == "map_key":
             key = value
+            rules.see(key)
             continue
         if key == "images":
-            if images_seen:
-                raise ManifestInvalid('"images" appears twice in the manifest')
-            images_seen = True
             yield from _streamed_images(events, event, value)
+        elif key == OPTIONS_KEY:
+            yield _OptionsFound(_streamed_value(events, event, value))
         elif key in _ENTRY_KEYS:
             fields[key] = _element(events, event, value, 1)
         elif event in _STARTS:
             _skip(events, 2)
-    if images_seen:
+    if rules.images:
         return
     if "url" not in fields:
         raise ManifestInvalid('a manifest object needs "url" (one image) or "images" (a list of them)')
     yield fields
+
+
+def _streamed_value(events: Iterator[tuple[str, Any]], event: str, value: Any) -> Any:
+    """One whole value (the manifest's ``"options"``), built without recursion, of ``MAX_OPTIONS_VALUES`` at most."""
+    if event not in _STARTS:
+        return value
+    root: Any = {} if event == "start_map" else []
+    stack: list[tuple[Any, Any]] = [(root, None)]  # (container, its pending key)
+    count = 1
+    for event, value in events:
+        container, key = stack[-1]
+        if event == "map_key":
+            stack[-1] = (container, value)
+            continue
+        if event in _ENDS:
+            stack.pop()
+            if not stack:
+                return root
+            continue
+        count += 1
+        if count > MAX_OPTIONS_VALUES:
+            raise _too_many_options()
+        item: Any = ({} if event == "start_map" else []) if event in _STARTS else value
+        if isinstance(container, dict):
+            container[key] = item
+        else:
+            container.append(item)
+        if event in _STARTS:
+            stack.append((item, None))
+    return root  # unreachable: ijson raises on a truncated document first
 
 
 def _streamed_images(events: Iterator[tuple[str, Any]], event: str, value: Any) -> Iterator[Any]:
@@ -882,8 +1018,45 @@ def parse_manifest(
     """Yield the entries of the manifest in ``source`` (bytes, or a binary file-like such as botocore's
     ``StreamingBody``), lazily, in order. See the module documentation for the forms and rules.
 
-    Raises :class:`ManifestError` subclasses, possibly after entries were yielded.
+    Raises :class:`ManifestError` subclasses, possibly after entries were yielded. The manifest's
+    ``"options"`` are read but not returned: :func:`read_manifest` returns them.
     """
+    for item in _items(source, max_bytes, max_entries):
+        if not isinstance(item, _OptionsFound):
+            yield item
+
+
+@dataclass
+class ReadManifest:
+    """A manifest being read: its raw ``"options"`` (``None`` without any), known before any entry, and its entries."""
+
+    options: Any
+    entries: Iterator[ManifestEntry | RejectedEntry]
+
+
+def read_manifest(source: bytes | BinaryIO, *, max_bytes: int = 1 << 30, max_entries: int = 1_000_000) -> ReadManifest:
+    """Start reading a manifest: its options at once, its entries lazily (as :func:`parse_manifest` yields them).
+
+    Reads up to the first entry (the options come before it in every form), so a manifest broken
+    before its first entry raises :class:`ManifestError` here. The options are returned as written;
+    :meth:`labeler.models.label_options.LabelOptions.for_manifest` checks them.
+
+    >>> read = read_manifest(b'{"options": {"max_labels": 5}, "images": ["https://example.com/a.jpg"]}')
+    >>> read.options, [entry.index for entry in read.entries]
+    ({'max_labels': 5}, [0])
+    """
+    items = _items(source, max_bytes, max_entries)
+    first = next(items, None)
+    if isinstance(first, _OptionsFound):
+        return ReadManifest(first.value, items)  # type: ignore[arg-type]  # no other options follow
+    ahead: Iterator[Any] = iter(()) if first is None else iter((first,))
+    return ReadManifest(None, chain(ahead, items))
+
+
+def _items(
+    source: bytes | BinaryIO, max_bytes: int, max_entries: int
+) -> Iterator[ManifestEntry | RejectedEntry | _OptionsFound]:
+    """The entries of the manifest, preceded by its options when it has some."""
     body = _Body(source, max_bytes)
     entries = _Entries(max_entries)
     head, origin = _start(body)

@@ -29,20 +29,22 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
-from dataclasses import dataclass, field
+from contextlib import nullcontext
+from dataclasses import dataclass, field, replace
 from itertools import chain, islice
 from typing import Any, Protocol
 
 from labeler.adapters.fetch import FetchedImage, ImageFetcher, NotModified, Validators
 from labeler.adapters.images import prepare_image, reserve_memory
-from labeler.adapters.labels.base import LabelBackend
+from labeler.adapters.labels.base import LabelBackend, detect_with_options
 from labeler.adapters.store import ObjectHead, OpenedManifest
-from labeler.logic.cache import CachedLabels, KeyedLocks, LabelCache, UrlMemo
+from labeler.logic.budget import BudgetStore, CallBudget, InMemoryBudgetStore, effective_cap
+from labeler.logic.cache import CachedLabels, KeyedLocks, LabelCache, UrlMemo, label_cache_tag
 from labeler.logic.guard import NOT_LOOKED, GuardedStore, Head, Verdict, guarded_put, judge
 from labeler.logic.index_rows import INLINE_PART
 from labeler.logic.keys import entry_key, run_key
-from labeler.logic.manifest import parse_manifest
-from labeler.logic.report import RunState, Tally, publish_report, utc_now
+from labeler.logic.manifest import read_manifest
+from labeler.logic.report import RunState, Tally, final_status, publish_report, utc_now
 from labeler.logic.run_index import IndexWriteFailed, PartIndex
 from labeler.models.errors import (
     DownloadTimeout,
@@ -51,6 +53,7 @@ from labeler.models.errors import (
     ManifestError,
     OutOfTime,
 )
+from labeler.models.label_options import LabelOptions
 from labeler.models.records import EntryItem, ManifestEntry, ManifestRef, RejectedEntry, ResultRecord
 from labeler.models.settings import Settings
 from labeler.observability import logger
@@ -98,13 +101,33 @@ def _no_hook(report: dict[str, Any]) -> None:
     return None
 
 
+@dataclass(frozen=True)
+class RunLabeling:
+    """How the entries of one run are labeled in this invocation: the run's options, their cache tag, the budget.
+
+    ``options.max_label_calls`` is the run's DetectLabels cap (``None``: none); ``budget`` counts this
+    invocation's calls against it (``None``: calls are not counted).
+    """
+
+    options: LabelOptions
+    cache_tag: str
+    budget: CallBudget | None = None
+
+    @classmethod
+    def of(cls, options: LabelOptions, backend: LabelBackend, budget: CallBudget | None = None) -> RunLabeling:
+        # The local backend computes image properties itself: its algorithm's version is part of the answer.
+        salt = str(getattr(backend, "properties_version", "")) if options.image_properties else ""
+        return cls(options, label_cache_tag(options, salt), budget)
+
+
 @dataclass
 class Services:
     """Everything the pipeline talks to, built once per container by the handler.
 
     ``on_run_finished(report)`` is called exactly once per run, after its final report is stored
     (gated by ``progress.claim_finished`` when there is a state table): the place for a
-    "run finished" event.
+    "run finished" event. ``budgets`` keeps each run's DetectLabels count (the state table, or this
+    process's memory). ``labeling`` is the stack's own until :func:`label_entries` sets a run's.
     """
 
     settings: Settings
@@ -115,6 +138,29 @@ class Services:
     in_flight: KeyedLocks = field(default_factory=KeyedLocks)
     progress: RunClaims | None = None
     on_run_finished: Callable[[dict[str, Any]], None] = _no_hook
+    budgets: BudgetStore = field(default_factory=InMemoryBudgetStore)
+    labeling: RunLabeling | None = None
+
+    def __post_init__(self) -> None:
+        if self.labeling is None:
+            self.labeling = RunLabeling.of(self.settings.label_options(), self.backend)
+
+    def for_run(self, options: LabelOptions, budget: CallBudget | None) -> Services:
+        """The same services labeling with a run's options and budget (adapters, locks and cache shared)."""
+        return replace(self, labeling=RunLabeling.of(options, self.backend, budget))
+
+
+def run_options(settings: Settings, raw: object) -> LabelOptions:
+    """A run's options, decided once per run: the manifest's ``"options"`` (``raw``) within the stack's bounds.
+
+    ``max_label_calls`` is then the run's cap (:func:`labeler.logic.budget.effective_cap`: the stack's
+    ``MAX_LABEL_CALLS_PER_MANIFEST``, lowered, never raised, by the manifest). Raises
+    :class:`~labeler.models.errors.ManifestOptionsInvalid`.
+    """
+    options = settings.label_options().for_manifest(raw, allowed_features=settings.manifest_feature_names)
+    return replace(
+        options, max_label_calls=effective_cap(settings.max_label_calls_per_manifest, options.max_label_calls)
+    )
 
 
 @dataclass(frozen=True)
@@ -173,6 +219,7 @@ class EntryOutcome:
     # For the run's index rows: the record this attempt stored, or where the record of an entry found done is.
     record: dict[str, Any] | None = None
     record_key: str | None = None
+    label_calls: int = 0  # DetectLabels calls made for this entry (1, or 0: cached, 304, failed before)
 
     def add_to(self, tally: Tally) -> None:
         tally.add_outcome(
@@ -184,6 +231,7 @@ class EntryOutcome:
             superseded=self.superseded,
             download_ms=self.download_ms,
             label_ms=self.label_ms,
+            label_calls=self.label_calls,
         )
 
     @classmethod
@@ -199,12 +247,18 @@ class EntryOutcome:
 class InvocationTally:
     """What this invocation itself finished (not found done, not superseded): the numbers for the metrics.
 
-    Thread-safe; ``add`` is given as ``on_outcome``.
+    Thread-safe; ``add`` is given as ``on_outcome``, ``add_calls`` as ``on_calls``: ``label_calls`` is
+    every DetectLabels call the invocation made, also those whose entry's record could not be written.
     """
 
     def __init__(self) -> None:
         self.tally = Tally()
+        self.label_calls = 0
         self._lock = threading.Lock()
+
+    def add_calls(self, calls: int) -> None:
+        with self._lock:
+            self.label_calls += calls
 
     def add(self, outcome: EntryOutcome) -> None:
         if outcome.already_done or outcome.superseded:
@@ -335,54 +389,59 @@ def _label_content(
     deadline: Deadline,
 ) -> tuple[ResultRecord, EntryOutcome]:
     settings = services.settings
+    labeling = services.labeling
+    assert labeling is not None  # set by Services.__post_init__
     source = {
         "final_url": fetched.final_url,
         "etag": fetched.etag,
         "last_modified": fetched.last_modified,
         "redirects": list(fetched.redirects),
     }
-    cached = services.cache.get_labels(sha256) if services.cache else None
+    cached = services.cache.get_labels(sha256, labeling.cache_tag) if services.cache else None
     if cached is not None:
         record = _success(entry, cached, sha256, source, cached_labels=True, not_modified=False)
         _remember_url(services, entry.url, fetched, sha256)
         return record, EntryOutcome(ok=True, cached=True)
 
-    started = time.perf_counter()
-    prepared = prepare_image(
-        fetched.body,
-        max_output_bytes=REKOGNITION_MAX_BYTES,
-        min_side=REKOGNITION_MIN_SIDE,
-        max_side=REKOGNITION_MAX_SIDE,
-        max_pixels=settings.max_image_pixels,
-    )
-    timings.mark("prepare", started)
-    image = {
-        "sha256": sha256,
-        "bytes": len(fetched.body),
-        "format": prepared.source_format,
-        "width": prepared.source_width,
-        "height": prepared.source_height,
-        "converted": prepared.converted,
-        "downscaled": prepared.downscaled,
-    }
-    deadline.check("before labeling")
-    started = time.perf_counter()
-    # The request holds ~3 copies of the image (base64, JSON, the body): big ones take turns.
-    with reserve_memory(3 * len(prepared.data)):
-        result = services.backend.detect_labels(
-            prepared.data,
-            min_confidence=settings.min_confidence,
-            max_labels=settings.max_labels,
-            deadline=deadline.work_ends,
+    # The call is reserved against the run's cap before the image is prepared (OverBudget: this entry's
+    # record); leaving the block normally counts it, an exception gives it back (no call was made).
+    with labeling.budget.reserve() if labeling.budget is not None else nullcontext():
+        started = time.perf_counter()
+        prepared = prepare_image(
+            fetched.body,
+            max_output_bytes=REKOGNITION_MAX_BYTES,
+            min_side=REKOGNITION_MIN_SIDE,
+            max_side=REKOGNITION_MAX_SIDE,
+            max_pixels=settings.max_image_pixels,
         )
+        timings.mark("prepare", started)
+        image = {
+            "sha256": sha256,
+            "bytes": len(fetched.body),
+            "format": prepared.source_format,
+            "width": prepared.source_width,
+            "height": prepared.source_height,
+            "converted": prepared.converted,
+            "downscaled": prepared.downscaled,
+        }
+        deadline.check("before labeling")
+        started = time.perf_counter()
+        # The request holds ~3 copies of the image (base64, JSON, the body): big ones take turns.
+        with reserve_memory(3 * len(prepared.data)):
+            result = detect_with_options(services.backend, prepared.data, labeling.options, deadline.work_ends)
     timings.mark("label", started)
+    labeled = CachedLabels(
+        labels=result.labels,
+        model_version=result.model_version,
+        image=image,
+        image_properties=result.extra.get("ImageProperties"),
+    )
     if services.cache:
-        services.cache.put_labels(sha256, result.labels, result.model_version, image)  # never raises
+        services.cache.put_labels(sha256, labeling.cache_tag, labeled)  # never raises
     _remember_url(services, entry.url, fetched, sha256)
-    labeled = CachedLabels(labels=result.labels, model_version=result.model_version, image=image)
     record = _success(entry, labeled, sha256, source, cached_labels=False, not_modified=False)
     record.metadata["label_backend"] = result.backend
-    return record, EntryOutcome(ok=True, label_ms=timings.marks.get("label", 0.0))
+    return record, EntryOutcome(ok=True, label_ms=timings.marks.get("label", 0.0), label_calls=1)
 
 
 def _remember_url(services: Services, url: str, fetched: FetchedImage, sha256: str) -> None:
@@ -402,11 +461,14 @@ def _success(
 ) -> ResultRecord:
     image = dict(labels.image)
     image["sha256"] = sha256
+    # With IMAGE_PROPERTIES, DetectLabels' ImageProperties object beside the labels, unchanged.
+    properties = {"image_properties": labels.image_properties} if labels.image_properties is not None else {}
     return ResultRecord(
         image_id=entry.image_id,
         url=entry.url,
         labels=labels.labels,
         metadata={
+            **properties,
             "label_model_version": labels.model_version,
             "labels_from_cache": cached_labels,
             "not_modified": not_modified,
@@ -419,9 +481,9 @@ def _success(
 def _reuse_not_modified(
     services: Services, entry: ManifestEntry, fetched: NotModified, memo: UrlMemo | None
 ) -> ResultRecord | None:
-    if memo is None or services.cache is None:
+    if memo is None or services.cache is None or services.labeling is None:
         return None
-    cached = services.cache.get_labels(memo.sha256)
+    cached = services.cache.get_labels(memo.sha256, services.labeling.cache_tag)
     if cached is None:
         return None
     source = {
@@ -569,6 +631,32 @@ def process_entries(
     return run.result
 
 
+def label_entries(
+    services: Services,
+    manifest: ManifestRef,
+    items: Iterable[EntryItem],
+    options: LabelOptions,
+    deadline: Deadline | None = None,
+    on_outcome: Callable[[EntryOutcome], None] | None = None,
+    on_calls: Callable[[int], None] | None = None,
+) -> RunResult:
+    """:func:`process_entries` with a run's options and its DetectLabels cap (``options.max_label_calls``).
+
+    One :class:`~labeler.logic.budget.CallBudget` per invocation and run, on the run's shared count
+    (``services.budgets``, keyed by :func:`~labeler.logic.keys.run_key`, as the run's progress), closed
+    whatever happens. ``on_calls(n)``: the calls this invocation made, also when it failed half-way
+    (the handlers publish them as the ``DetectLabelsCalls`` metric).
+    """
+    cap = options.max_label_calls
+    budget = CallBudget(run_key(manifest), cap, services.budgets if cap is not None else None)
+    try:
+        with budget:
+            return process_entries(services.for_run(options, budget), manifest, items, deadline, on_outcome)
+    finally:
+        if on_calls is not None:
+            on_calls(budget.made)
+
+
 class _Collector:
     """Gathers the outcomes of finished entries into a :class:`RunResult`."""
 
@@ -603,14 +691,15 @@ def _flush_seconds(deadline: Deadline) -> float:
 
 
 # --- a whole manifest ----------------------------------------------------------------------------------
-def open_entries(services: Services, manifest: ManifestRef) -> tuple[ManifestRef, Iterator[EntryItem]]:
-    """Open the manifest object and return its (refreshed) reference and a lazy stream of entries."""
-    opened = services.store.open_manifest(manifest)
+def read_entries(services: Services, opened: OpenedManifest) -> tuple[LabelOptions, Iterator[EntryItem]]:
+    """The run's options and a lazy stream of entries of an opened manifest.
+
+    The options are the manifest's own (read before its first entry) within the stack's bounds
+    (:func:`run_options`); raises :class:`ManifestError` (``manifest_options_invalid`` among others).
+    """
     settings = services.settings
-    entries = parse_manifest(
-        opened.body, max_bytes=settings.max_manifest_bytes, max_entries=settings.max_manifest_entries
-    )
-    return opened.ref, entries
+    read = read_manifest(opened.body, max_bytes=settings.max_manifest_bytes, max_entries=settings.max_manifest_entries)
+    return run_options(settings, read.options), read.entries
 
 
 def superseded_summary(manifest: ManifestRef, tally: Tally) -> dict[str, Any]:
@@ -659,7 +748,7 @@ def _raising(error: ManifestError) -> Iterator[EntryItem]:
     yield  # pragma: no cover - makes this a generator
 
 
-FanOutSplit = Callable[[ManifestRef, Iterator[EntryItem], list[EntryItem], Deadline], dict[str, Any]]
+FanOutSplit = Callable[[ManifestRef, Iterator[EntryItem], list[EntryItem], Deadline, LabelOptions], dict[str, Any]]
 
 
 def process_manifest(
@@ -669,6 +758,7 @@ def process_manifest(
     *,
     fan_out: FanOutSplit | None = None,
     on_outcome: Callable[[EntryOutcome], None] | None = None,
+    on_calls: Callable[[int], None] | None = None,
 ) -> dict[str, Any]:
     """Label every entry of one manifest (or hand it to ``fan_out``) and write its report; returns the report.
 
@@ -680,34 +770,42 @@ def process_manifest(
     """
     deadline = deadline or Deadline()
     head: list[EntryItem] = []
+    options: LabelOptions | None = None
     try:
-        manifest, entries = open_entries(services, manifest)
+        opened = services.store.open_manifest(manifest)
+        manifest = opened.ref  # refreshed: the object's LastModified orders runs
+        options, entries = read_entries(services, opened)
         head.extend(islice(entries, services.settings.inline_max_images + 1))
     except ManifestError as exc:
-        if not head:  # nothing could be read: the run fails with the error
+        if not head:  # nothing could be read (or its options are refused): the run fails with the error
             logger.warning("manifest rejected", extra={"manifest": manifest.to_dict(), "code": str(exc.code)})
-            return finish_run(services, manifest, RunState(Tally(), "failed", "inline", exc))
+            return finish_run(services, manifest, RunState(Tally(), "failed", "inline", exc, options=options))
         # Broke after some entries: those are processed (partial), wherever the break is.
         entries = _raising(exc)
+    assert options is not None  # read before the first entry
 
     fans_out = fan_out is not None and len(head) > services.settings.inline_max_images
     mode = "fanout" if fans_out else "inline"
-    if publish_report(services.store, manifest, RunState(Tally(), "in_progress", mode)).superseded:
+    if publish_report(services.store, manifest, RunState(Tally(), "in_progress", mode, options=options)).superseded:
         return superseded_summary(manifest, Tally())
     if fan_out is not None and fans_out:
-        return fan_out(manifest, entries, head, deadline)
+        return fan_out(manifest, entries, head, deadline, options)
 
     index = PartIndex(services.store, manifest, INLINE_PART)
-    run = process_entries(services, manifest, chain(head, entries), deadline, index.observing(on_outcome))
+    run = label_entries(
+        services, manifest, chain(head, entries), options, deadline, index.observing(on_outcome), on_calls
+    )
     if run.superseded:
         return superseded_summary(manifest, run.tally)
     write_index(index, run)
     if run.write_failures or run.stopped_early:
-        publish_report(services.store, manifest, RunState(run.tally, "incomplete", mode, run.manifest_error))
+        publish_report(
+            services.store, manifest, RunState(run.tally, "incomplete", mode, run.manifest_error, options=options)
+        )
         if run.write_failures:
             raise ResultWriteFailed(
                 f"{len(run.write_failures)} record(s) could not be written: {run.write_failures[0]}"
             )
         raise DeadlineReached("the Lambda deadline is near; the entries not finished are left for the retry")
-    status = "partial" if run.manifest_error is not None else "complete"
-    return finish_run(services, manifest, RunState(run.tally, status, mode, run.manifest_error))
+    status = final_status(run.tally, run.manifest_error)
+    return finish_run(services, manifest, RunState(run.tally, status, mode, run.manifest_error, options=options))

@@ -52,6 +52,14 @@ DETECT_LABELS_TIERS: tuple[PriceTier, ...] = (
     PriceTier(35_000_000, None, Decimal("0.00025")),  # over 35 M
 )
 
+# DetectLabels' IMAGE_PROPERTIES feature (colours, quality), billed per image on its own line, on top of the
+# labels when both are asked for, no free tier (docs/image-properties.md, "Pricing": read from a transcription
+# of the pricing page; the width of the first tier is the page's example, check before quoting).
+IMAGE_PROPERTIES_TIERS: tuple[PriceTier, ...] = (
+    PriceTier(0, 1_000_000, Decimal("0.00075")),  # first 1 M
+    PriceTier(1_000_000, None, Decimal("0.0006")),  # beyond
+)
+
 # S3 Standard: requests are billed per 1,000; DELETE is free.
 S3_PUT_USD_PER_1000 = Decimal("0.005")  # PUT, COPY, POST, LIST
 S3_GET_USD_PER_1000 = Decimal("0.0004")  # GET, HEAD, SELECT and the rest
@@ -70,12 +78,14 @@ class TierUse:
         return self.tier.usd_per_call * self.calls
 
 
-def detect_labels_bill(calls: int, *, calls_this_month: int = 0) -> list[TierUse]:
+def detect_labels_bill(
+    calls: int, *, calls_this_month: int = 0, tiers: tuple[PriceTier, ...] = DETECT_LABELS_TIERS
+) -> list[TierUse]:
     """The tiers ``calls`` new calls fall in when ``calls_this_month`` were made before them (in the region)."""
     if calls < 0 or calls_this_month < 0:
         raise ValueError("calls must not be negative")
     first, last = calls_this_month + 1, calls_this_month + calls
-    uses = [TierUse(tier, tier.calls_in(first, last)) for tier in DETECT_LABELS_TIERS]
+    uses = [TierUse(tier, tier.calls_in(first, last)) for tier in tiers]
     return [use for use in uses if use.calls]
 
 
@@ -85,6 +95,27 @@ def detect_labels_usd(calls: int, *, calls_this_month: int = 0) -> Decimal:
     ``calls_this_month = 0`` (the default) prices every call at the first tier: the most they can cost.
     """
     return sum((use.usd for use in detect_labels_bill(calls, calls_this_month=calls_this_month)), Decimal(0))
+
+
+def image_properties_usd(calls: int, *, calls_this_month: int = 0) -> Decimal:
+    """List price of IMAGE_PROPERTIES for ``calls`` images (its own monthly tiers; from the first by default)."""
+    bill = detect_labels_bill(calls, calls_this_month=calls_this_month, tiers=IMAGE_PROPERTIES_TIERS)
+    return sum((use.usd for use in bill), Decimal(0))
+
+
+def calls_usd(
+    calls: int, *, general_labels: bool = True, image_properties: bool = False, calls_this_month: int = 0
+) -> Decimal:
+    """List price of ``calls`` DetectLabels calls asking for these features (labels after ``calls_this_month``
+    Group 2 calls; image properties from their first tier).
+
+    >>> calls_usd(1000), calls_usd(1000, image_properties=True)
+    (Decimal('1.000'), Decimal('1.75000'))
+    >>> calls_usd(1000, general_labels=False, image_properties=True)
+    Decimal('0.75000')
+    """
+    price = detect_labels_usd(calls, calls_this_month=calls_this_month) if general_labels else Decimal(0)
+    return price + image_properties_usd(calls) if image_properties else price
 
 
 def s3_requests_usd(*, puts: int = 0, gets: int = 0) -> Decimal:
@@ -104,7 +135,7 @@ class Cost:
     ``detect_labels_calls``: calls made. ``detect_labels_saved``: calls not made because the labels
     were known (label cache hits, ``304 Not Modified``). ``estimated_usd``: the calls at list
     price, from the first tier (what they cost at most; the account's other usage this month
-    may put them in a cheaper tier).
+    may put them in a cheaper tier), IMAGE_PROPERTIES included when the calls asked for it.
     """
 
     detect_labels_calls: int
@@ -112,8 +143,18 @@ class Cost:
     estimated_usd: float
 
     @classmethod
-    def of(cls, *, calls: int, saved: int, calls_this_month: int = 0) -> Cost:
-        price = detect_labels_usd(calls, calls_this_month=calls_this_month)
+    def of(
+        cls,
+        *,
+        calls: int,
+        saved: int,
+        calls_this_month: int = 0,
+        general_labels: bool = True,
+        image_properties: bool = False,
+    ) -> Cost:
+        price = calls_usd(
+            calls, general_labels=general_labels, image_properties=image_properties, calls_this_month=calls_this_month
+        )
         return cls(detect_labels_calls=calls, detect_labels_saved=saved, estimated_usd=usd(price))
 
     def to_dict(self) -> dict[str, Any]:

@@ -3,7 +3,7 @@
 One writer, :func:`publish_report`, for inline and fanned-out runs alike. ``reports/<slug>.json``
 is the newest run's report: it is written with the guard of :mod:`labeler.logic.guard` (an older
 run never overwrites a newer one's report), and within one run a final status (``complete``,
-``partial``, ``failed``) is terminal: nothing moves it back to ``in_progress`` or ``incomplete``.
+``capped``, ``partial``, ``failed``) is terminal: nothing moves it back to ``in_progress`` or ``incomplete``.
 
 >>> tally = Tally(); tally.add_outcome(ok=True, code=None, cached=False)
 >>> tally.to_dict()["succeeded"]
@@ -19,10 +19,13 @@ from typing import Any
 
 from labeler.logic.guard import GuardedStore, Verdict, guarded_put, judge
 from labeler.logic.keys import report_key, results_prefix
-from labeler.models.errors import LabelerError
+from labeler.logic.pricing import Cost
+from labeler.models.errors import ErrorCode, LabelerError
+from labeler.models.label_options import LabelOptions
 from labeler.models.records import ManifestRef
 
-FINAL_STATUSES = frozenset({"complete", "partial", "failed"})
+# capped: complete except that the run's DetectLabels cap left entries over_budget (a re-upload finishes them).
+FINAL_STATUSES = frozenset({"complete", "capped", "partial", "failed"})
 # Not final: the run is going (in_progress) or stopped early and will be retried (incomplete).
 STATUSES = FINAL_STATUSES | {"in_progress", "incomplete"}
 
@@ -45,6 +48,7 @@ class Tally:
     superseded: int = 0
     download_ms: float = 0.0
     label_ms: float = 0.0
+    label_calls: int = 0  # DetectLabels calls made (labels_from_cache counts the calls saved)
 
     @property
     def total(self) -> int:
@@ -61,6 +65,7 @@ class Tally:
         superseded: bool = False,
         download_ms: float = 0.0,
         label_ms: float = 0.0,
+        label_calls: int = 0,
     ) -> None:
         if superseded:
             self.superseded += 1
@@ -75,6 +80,7 @@ class Tally:
         self.already_done += int(already_done)
         self.download_ms += download_ms
         self.label_ms += label_ms
+        self.label_calls += label_calls
 
     def merge(self, other: Tally) -> None:
         self.succeeded += other.succeeded
@@ -86,6 +92,7 @@ class Tally:
         self.superseded += other.superseded
         self.download_ms += other.download_ms
         self.label_ms += other.label_ms
+        self.label_calls += other.label_calls
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -99,6 +106,7 @@ class Tally:
             "superseded": self.superseded,
             "download_ms": round(self.download_ms, 1),
             "label_ms": round(self.label_ms, 1),
+            "label_calls": self.label_calls,
         }
 
     @classmethod
@@ -113,6 +121,7 @@ class Tally:
             superseded=int(data.get("superseded", 0)),
             download_ms=float(data.get("download_ms", 0.0)),
             label_ms=float(data.get("label_ms", 0.0)),
+            label_calls=int(data.get("label_calls", 0)),
         )
 
 
@@ -135,10 +144,35 @@ class RunState:
     mode: str  # "inline" or "fanout"
     manifest_error: LabelerError | dict[str, Any] | None = None
     batches: dict[str, int] | None = None  # fan-out: {"count", "done"}
+    options: LabelOptions | None = None  # the run's (None: refused before they were known)
 
     def __post_init__(self) -> None:
         if self.status not in STATUSES:
             raise ValueError(f"not a report status: {self.status!r}")
+
+
+def final_status(tally: Tally, manifest_error: object | None) -> str:
+    """The status of a run that finished: ``partial`` (its manifest broke part-way), ``capped`` (its
+    DetectLabels cap left entries ``over_budget``) or ``complete``.
+
+    >>> capped = Tally(); capped.add_outcome(ok=False, code="over_budget")
+    >>> final_status(Tally(), None), final_status(capped, None), final_status(capped, {"code": "manifest_invalid"})
+    ('complete', 'capped', 'partial')
+    """
+    if manifest_error:
+        return "partial"
+    return "capped" if tally.errors_by_code.get(str(ErrorCode.OVER_BUDGET)) else "complete"
+
+
+def run_cost(tally: Tally, options: LabelOptions | None) -> dict[str, Any]:
+    """The report's ``cost``: calls made, calls saved (cache hits, 304s), their list price with the run's features."""
+    cost = Cost.of(
+        calls=tally.label_calls,
+        saved=tally.labels_from_cache,
+        general_labels=options is None or options.general_labels,
+        image_properties=options is not None and options.image_properties,
+    )
+    return cost.to_dict()
 
 
 def build_report(manifest: ManifestRef, state: RunState, started_at: str) -> dict[str, Any]:
@@ -159,6 +193,8 @@ def build_report(manifest: ManifestRef, state: RunState, started_at: str) -> dic
         "labels_from_cache": tally.labels_from_cache,
         "not_modified": tally.not_modified,
         "already_done": tally.already_done,
+        "cost": run_cost(tally, state.options),
+        "options": state.options.to_dict() if state.options is not None else None,
         "mode": state.mode,
         "results_prefix": results_prefix(manifest),
         "batches": state.batches,

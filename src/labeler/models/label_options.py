@@ -264,6 +264,30 @@ class LabelOptions:
             document["max_label_calls"] = self.max_label_calls
         return document
 
+    def to_message(self) -> dict[str, Any]:
+        """Every field, as JSON (a work batch carries its run's options this way); :meth:`from_message` reads it.
+
+        >>> options = LabelOptions(features=("IMAGE_PROPERTIES",), max_label_calls=10)
+        >>> LabelOptions.from_message(options.to_message()) == options
+        True
+        """
+        return {
+            spec.name: list(value) if isinstance(value := getattr(self, spec.name), tuple) else value
+            for spec in fields(self)
+        }
+
+    @classmethod
+    def from_message(cls, data: Mapping[str, Any]) -> LabelOptions:
+        """The options :meth:`to_message` wrote (unknown keys are ignored: a newer writer may add some)."""
+        known = {spec.name for spec in fields(cls)}
+        return cls(
+            **{
+                name: tuple(value) if isinstance(value, list) else value
+                for name, value in data.items()
+                if name in known
+            }
+        )
+
     # --- a manifest's own options, within the stack's bounds ---------------------------------------
     def for_manifest(self, raw: object, *, allowed_features: Iterable[str] | None = None) -> LabelOptions:
         """The options for a manifest whose top-level ``"options"`` is ``raw``; ``self`` is the stack's.
@@ -349,7 +373,7 @@ class _ManifestOptions:
         if "max_label_calls" in raw:
             ceiling = stack.max_label_calls
             changes["max_label_calls"] = self.integer(
-                "max_label_calls", 1, ceiling, "the stack's MAX_LABEL_CALLS" if ceiling else None
+                "max_label_calls", 1, ceiling, "the stack's MAX_LABEL_CALLS_PER_MANIFEST" if ceiling else None
             )
         self.check_applicable(changes.get("features", stack.features))
         return changes

@@ -9,7 +9,10 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from labeler.models.label_options import LabelOptions
 
 MIB = 1024 * 1024
 
@@ -67,11 +70,54 @@ class Settings:
     label_cache: bool = True
     # Buckets that s3://bucket/key entries may name, comma-separated (template: SourceBuckets); empty: none.
     source_buckets: str = ""
+    # DetectLabels Features for every image (comma-separated): GENERAL_LABELS and/or IMAGE_PROPERTIES,
+    # which is billed per image on top of the labels (docs/image-properties.md).
+    label_features: str = "GENERAL_LABELS"
+    # The features a manifest's "options" may ask for; empty: LABEL_FEATURES. Opt in to IMAGE_PROPERTIES here.
+    manifest_features: str = ""
+    # Settings.GeneralLabels filters for every image (comma-separated exact names; a manifest may add exclusions).
+    label_include_labels: str = ""
+    label_exclude_labels: str = ""
+    label_include_categories: str = ""
+    label_exclude_categories: str = ""
+    # Settings.ImageProperties.MaxDominantColors (0-20), and the most a manifest may ask for.
+    max_dominant_colors: int = 10
+    # Most DetectLabels calls one manifest run may make, every invocation together; 0 = no cap. A manifest
+    # may lower it (options.max_label_calls). The default is MAX_MANIFEST_ENTRIES's (docs/cost.md).
+    max_label_calls_per_manifest: int = 1_000_000
 
     @property
     def source_bucket_names(self) -> frozenset[str]:
         """``SOURCE_BUCKETS`` as a set of names (blanks between commas ignored)."""
         return frozenset(name.strip() for name in self.source_buckets.split(",") if name.strip())
+
+    def label_options(self) -> LabelOptions:
+        """The stack's DetectLabels options: what every manifest gets, and the bounds of a manifest's own.
+
+        >>> settings = Settings("out", label_features="GENERAL_LABELS,IMAGE_PROPERTIES")
+        >>> settings.label_options().request_params()["Features"]
+        ['GENERAL_LABELS', 'IMAGE_PROPERTIES']
+        """
+        from labeler.models.label_options import LabelOptions, parse_features, parse_names
+
+        return LabelOptions(
+            min_confidence=self.min_confidence,
+            max_labels=self.max_labels,
+            features=parse_features(self.label_features),
+            include_labels=parse_names(self.label_include_labels),
+            exclude_labels=parse_names(self.label_exclude_labels),
+            include_categories=parse_names(self.label_include_categories),
+            exclude_categories=parse_names(self.label_exclude_categories),
+            max_dominant_colors=self.max_dominant_colors,
+            max_label_calls=self.max_label_calls_per_manifest or None,
+        )
+
+    @property
+    def manifest_feature_names(self) -> tuple[str, ...]:
+        """``MANIFEST_FEATURES`` (empty: ``LABEL_FEATURES``) as feature names."""
+        from labeler.models.label_options import parse_features
+
+        return tuple(str(feature) for feature in parse_features(self.manifest_features or self.label_features))
 
     @property
     def fans_out(self) -> bool:
@@ -128,3 +174,24 @@ class Settings:
         for ok, message in checks:
             if not ok:
                 raise ConfigurationError(message)
+        self._validate_label_options()
+
+    def _validate_label_options(self) -> None:
+        from labeler.models.label_options import InvalidLabelOptions
+
+        if self.max_label_calls_per_manifest < 0:
+            raise ConfigurationError("MAX_LABEL_CALLS_PER_MANIFEST must be 0 (no cap) or positive")
+        names = {"features": "LABEL_FEATURES", "max_dominant_colors": "MAX_DOMINANT_COLORS"}
+        try:
+            options = self.label_options()
+        except InvalidLabelOptions as exc:
+            name = names.get(exc.option, f"LABEL_{exc.option.upper()}")
+            raise ConfigurationError(f"{name}: {exc.reason}") from exc
+        try:
+            self.manifest_feature_names  # noqa: B018 - parsed for its validation
+        except InvalidLabelOptions as exc:
+            raise ConfigurationError(f"MANIFEST_FEATURES: {exc.reason}") from exc
+        if options.has_filters and not options.general_labels:
+            raise ConfigurationError(
+                "the LABEL_INCLUDE_*/LABEL_EXCLUDE_* filters need GENERAL_LABELS in LABEL_FEATURES"
+            )

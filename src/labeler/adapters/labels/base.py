@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
-from labeler.models.label_options import LabelOptions
+from labeler.models.label_options import Feature, LabelOptions
 
 
 @dataclass(frozen=True)
@@ -71,4 +71,23 @@ def result_from_response(response: Mapping[str, Any], backend: str) -> LabelResu
         model_version=str(response.get("LabelModelVersion", "")),
         backend=backend,
         extra=extra,
+    )
+
+
+def detect_with_options(
+    backend: LabelBackend, image: bytes, options: LabelOptions, deadline: float | None = None
+) -> LabelResult:
+    """Ask ``backend`` DetectLabels with ``options``: its ``detect`` when it has one, else ``detect_labels``
+    (a backend that only knows labels answers labels alone, without filters).
+
+    Raises ``LabelingFailed`` when the options ask for more than such a backend can answer.
+    """
+    if isinstance(backend, DetectsWithOptions):
+        return backend.detect(image, options, deadline)
+    if options.features != (Feature.GENERAL_LABELS,) or options.has_filters:
+        from labeler.models.errors import LabelingFailed
+
+        raise LabelingFailed(f"the {backend.name!r} label backend answers labels only, without filters")
+    return backend.detect_labels(
+        image, min_confidence=options.min_confidence, max_labels=options.max_labels, deadline=deadline
     )

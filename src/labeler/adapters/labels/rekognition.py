@@ -22,9 +22,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from labeler.adapters.labels.base import LabelResult
+from labeler.adapters.labels.base import LabelResult, result_from_response
 from labeler.adapters.ratelimit import SlotLimiter
 from labeler.models.errors import LabelingFailed, OutOfTime, Throttled
+from labeler.models.label_options import LabelOptions
 
 THROTTLING_CODES = frozenset(
     {
@@ -113,6 +114,13 @@ class RekognitionBackend:
     def detect_labels(
         self, image: bytes, *, min_confidence: float, max_labels: int, deadline: float | None = None
     ) -> LabelResult:
+        return self._request(image, {"MinConfidence": float(min_confidence), "MaxLabels": int(max_labels)}, deadline)
+
+    def detect(self, image: bytes, options: LabelOptions, deadline: float | None = None) -> LabelResult:
+        """DetectLabels with every option (``options.request_params()``); ``ImageProperties`` in ``result.extra``."""
+        return self._request(image, options.request_params(), deadline)
+
+    def _request(self, image: bytes, params: dict[str, Any], deadline: float | None) -> LabelResult:
         from botocore.exceptions import ClientError
 
         latest_start = None if deadline is None else deadline - self.retry.min_attempt_seconds
@@ -128,9 +136,7 @@ class RekognitionBackend:
             self._pending.slot = (slot, latest_start)
             try:
                 client = self._client_for(deadline, self._clock() if slot is None else slot)
-                response = client.detect_labels(
-                    Image={"Bytes": image}, MinConfidence=float(min_confidence), MaxLabels=int(max_labels)
-                )
+                response = client.detect_labels(Image={"Bytes": image}, **params)
             except ClientError as exc:
                 if not _retryable(exc):
                     code = _code(exc)
@@ -146,11 +152,7 @@ class RekognitionBackend:
             finally:
                 self._settle_slot()
             self.model_version = response.get("LabelModelVersion") or self.model_version
-            return LabelResult(
-                labels=response.get("Labels", []),
-                model_version=response.get("LabelModelVersion", ""),
-                backend=self.name,
-            )
+            return result_from_response(response, self.name)
         code = _code(last_error)
         attempts = self.retry.max_attempts
         if code in THROTTLING_CODES:

@@ -1,0 +1,34 @@
+"""A work batch's message carries its run's options and cap, so every worker labels the same way."""
+
+from __future__ import annotations
+
+import json
+
+from labeler.logic.fanout import WorkBatch
+from labeler.models.label_options import LabelOptions
+from labeler.models.records import ManifestEntry, ManifestRef
+
+MANIFEST = ManifestRef("in", "big.json", version_id="v1")
+ENTRIES = (ManifestEntry(0, "a", "https://example.com/a.jpg"),)
+
+
+def test_the_run_s_options_and_cap_travel_in_the_message() -> None:
+    options = LabelOptions(
+        min_confidence=80,
+        features=("GENERAL_LABELS", "IMAGE_PROPERTIES"),
+        exclude_categories=("Person Description",),
+        max_dominant_colors=3,
+        max_label_calls=500,
+    )
+    body = json.loads(json.dumps(WorkBatch(MANIFEST, 4, ENTRIES, options).to_message()))  # as SQS carries it
+
+    assert body["options"]["max_label_calls"] == 500
+    batch = WorkBatch.from_message(body)
+    assert batch.options == options and batch.options.cache_tag() == options.cache_tag()
+    assert (batch.manifest, batch.batch_index, batch.entries) == (MANIFEST, 4, ENTRIES)
+
+
+def test_a_message_from_before_options_existed_still_reads() -> None:
+    body = WorkBatch(MANIFEST, 0, ENTRIES).to_message()
+    assert "options" not in body
+    assert WorkBatch.from_message(body).options is None  # the worker then applies the stack's options
