@@ -178,3 +178,12 @@ def test_transient_refusals_are_retried_then_surfaced() -> None:
     with pytest.raises(EventPublishFailed, match="ThrottlingException"):
         CompletionEvents(client, output_bucket="out", sleep=waits.append).publish(report(), "r.json")
     assert len(client.entries) == 3
+
+
+def test_every_final_status_has_its_detail_type() -> None:
+    """A run that ends, whatever its final status, puts its event (a status the adapter did not know
+    once made the capped runs' events fail)."""
+    from labeler.adapters.events import DETAIL_TYPES
+    from labeler.logic.report import FINAL_STATUSES
+
+    assert set(DETAIL_TYPES) == set(FINAL_STATUSES)

@@ -29,6 +29,9 @@ DEFAULT_EVENT_BUS = "default"
 # Report statuses that end a run, and the event each one puts. ``partial``: the manifest broke part-way.
 DETAIL_TYPES: dict[str, str] = {
     "complete": DETAIL_TYPE_LABELED,
+    # capped: the run stopped at its DetectLabels cap with entries over_budget; the job is not done
+    # (a re-upload with a higher cap finishes it), so whoever watches for failures must hear of it.
+    "capped": DETAIL_TYPE_FAILED,
     "partial": DETAIL_TYPE_FAILED,
     "failed": DETAIL_TYPE_FAILED,
 }
@@ -45,6 +48,7 @@ SUMMARY_FIELDS = (
     "labels_from_cache",
     "not_modified",
     "already_done",
+    "cost",
     "mode",
     "results_prefix",
     "started_at",
@@ -63,7 +67,7 @@ class EventPublishFailed(RuntimeError):
 
 
 def detail_type_for(status: str) -> str:
-    """``Manifest Labeled`` for a complete run, ``Manifest Failed`` for a failed or partial one.
+    """``Manifest Labeled`` for a complete run, ``Manifest Failed`` for a failed, partial or capped one.
 
     >>> detail_type_for("complete"), detail_type_for("partial")
     ('Manifest Labeled', 'Manifest Failed')
