@@ -301,6 +301,24 @@ def test_two_versions_of_one_object_without_ids_are_two_entries(
     assert fake_rekognition.state.successful_calls == 2
 
 
+def test_the_offline_backend_reads_and_converts_every_object(
+    buckets: Buckets,
+    sources: str,
+    embedded_aws: EmbeddedAws,
+    fake_rekognition: FakeRekognition,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    allow(monkeypatch, sources, LABEL_BACKEND="local")  # it has no S3Object call
+    put(embedded_aws, sources, "cat.jpg", images.jpeg(size=(1600, 1064)))
+    report = run(buckets, "local.json", [{"url": f"s3://{sources}/cat.jpg", "id": "cat"}])
+
+    assert (report["status"], report["succeeded"]) == ("complete", 1)
+    (record,) = buckets.records()
+    assert (record["label_backend"], record["source"]["route"]) == ("local", "download")
+    assert "Cat" in {label["Name"] for label in record["labels"]}
+    assert fake_rekognition.state.calls == 0
+
+
 # --- refusals ---------------------------------------------------------------------------------------
 def test_a_bucket_outside_source_buckets_gets_a_record_and_no_request(
     buckets: Buckets,
