@@ -109,8 +109,9 @@ def count_manifest(
     """Count entries as the Lambda reads them; ``on_new_url`` sees each unique HTTP URL once, in order.
 
     URLs are told apart as the memo keys tell them apart (exact text), ``s3://`` URLs with their
-    ``versionId``; 16-byte digests keep a million of them in ~100 MB. The manifest's options are read over ``stack`` (default:
-    :func:`widest_stack`); options it cannot have end the count with ``manifest_options_invalid``.
+    ``versionId``; 16-byte digests keep a million of them in ~100 MB. The manifest's options are read
+    over ``stack`` (default: :func:`widest_stack`); options it cannot have end the count with
+    ``manifest_options_invalid``.
     """
     max_bytes, max_entries = manifest_limits()
     stack = stack or widest_stack()
