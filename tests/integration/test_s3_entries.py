@@ -205,6 +205,10 @@ def test_objects_that_need_conversion_are_read_from_s3_and_converted(
         sent = [(operation, extra.get("Range")) for operation, name, extra in requests.to(bucket) if name == key]
         whole = [] if len(body) <= 128 * 1024 else [("GetObject", None)]
         assert sent == [("GetObject", "bytes=0-131071"), *whole], key
+    # Unversioned: the whole object is read only if it is still what the first read saw (its ETag).
+    etags = {key: buckets.s3.head_object(Bucket=bucket, Key=key)["ETag"] for key in ("cat.tiff", "big.png")}
+    whole_reads = {key: extra.get("IfMatch") for _, key, extra in requests.to(bucket) if "Range" not in extra}
+    assert whole_reads == etags
     assert {key: len(body) > 128 * 1024 for key, body in objects.items()} == {
         "cat.webp": False,
         "cat.gif": False,
@@ -535,3 +539,44 @@ def test_a_fanned_out_run_labels_s3_entries_in_its_workers(
     assert (report["status"], report["mode"], report["succeeded"]) == ("complete", "fanout", 5)
     assert sorted(fake_rekognition.state.s3_objects_seen) == [(bucket, f"p{n}.png", v) for n, v in enumerate(pinned)]
     assert len(index_rows(buckets)) == 5
+
+
+def test_the_null_version_is_the_content_from_before_versioning(
+    buckets: Buckets,
+    embedded_aws: EmbeddedAws,
+    lambda_env: dict[str, str],
+    fake_rekognition: FakeRekognition,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    bucket = f"source-photos-{next(_numbers)}"
+    embedded_aws.create_bucket(bucket)
+    allow(monkeypatch, bucket)
+    put(embedded_aws, bucket, "cat.jpg", images.jpeg())  # before versioning: its version id is "null"
+    embedded_aws.client("s3").put_bucket_versioning(Bucket=bucket, VersioningConfiguration={"Status": "Enabled"})
+    entries = [{"url": f"s3://{bucket}/cat.jpg", "id": "cat", "versionId": "null"}]
+    first = run(buckets, "null.json", entries)
+    again = run(buckets, "null.json", entries)
+
+    (record,) = buckets.records()
+    assert first["succeeded"] == 1 and record["source"]["version_id"] == "null"
+    assert again["labels_from_cache"] == 1  # cached by its ETag ("null" may be overwritten in place)
+    assert fake_rekognition.state.s3_objects_seen == [(bucket, "cat.jpg", "null")]
+
+
+def test_an_object_replaced_between_its_two_reads_is_not_labeled_under_the_old_etag(
+    buckets: Buckets, sources: str, embedded_aws: EmbeddedAws, fake_rekognition: FakeRekognition
+) -> None:
+    put(embedded_aws, sources, "cat.tiff", images.tiff())  # needs its whole read (> 128 KiB)
+
+    def replace_it(params: dict[str, Any], **_: Any) -> None:
+        if params.get("Bucket") == sources and "Range" not in params:  # just before the whole read
+            put(embedded_aws, sources, "cat.tiff", images.tiff("coffee"))
+
+    get_services().store.client.meta.events.register("before-parameter-build.s3.GetObject", replace_it)
+    report = run(buckets, "race.json", [f"s3://{sources}/cat.tiff"])
+
+    assert report["errors_by_code"] == {"source_unreadable": 1}
+    (record,) = buckets.records()
+    assert record["error"]["aws_code"] in {"PreconditionFailed", "412"}
+    assert "changed while it was being read" in record["error"]["message"]
+    assert fake_rekognition.state.calls == 0

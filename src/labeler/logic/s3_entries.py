@@ -59,8 +59,9 @@ def label_s3_entry(
 ) -> tuple[ResultRecord, EntryOutcome]:
     """Label one ``s3://`` entry: its record and outcome. Raises the entry's LabelerError or OutOfTime."""
     ref = parse_s3_source(entry.url, entry.version_id, allowed=services.settings.source_bucket_names)
-    if ref.version_id is not None:  # a version never changes: a cached answer needs no request to the bucket
-        cached = _cached(services, entry, ref, source_identity(ref), None)
+    known = _identity(ref, None)  # a version named by the entry never changes: no request needed to know it
+    if known is not None:
+        cached = _cached(services, entry, ref, known, None)
         if cached is not None:
             return cached
     if services.sources is None:
@@ -84,10 +85,13 @@ def label_s3_entry(
     return found
 
 
-def _identity(ref: S3ObjectRef, seen: SourceObject) -> str | None:
+def _identity(ref: S3ObjectRef, seen: SourceObject | None) -> str | None:
+    """The cache identity (:func:`source_identity`); None when not known (yet): no version, no ETag."""
     try:
+        if seen is None:
+            return source_identity(ref)  # the entry's own versionId ("null" is not one: unversioned content)
         return source_identity(ref, version_id=seen.pinned_version, etag=seen.etag)
-    except ValueError:  # neither a version nor an ETag (not S3 as AWS serves it): labeled, not cached
+    except ValueError:
         return None
 
 
