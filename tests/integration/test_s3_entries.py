@@ -12,7 +12,6 @@ import itertools
 import json
 import struct
 import zlib
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -52,13 +51,24 @@ class S3Requests:
         self.sent.clear()
 
 
+def source_bucket(aws: EmbeddedAws, monkeypatch: pytest.MonkeyPatch, *, versioning: bool, **settings: str) -> str:
+    """A new bucket that SOURCE_BUCKETS allows (the services are rebuilt with ``settings``)."""
+    bucket = f"{'versioned' if versioning else 'source'}-photos-{next(_numbers)}"
+    aws.create_bucket(bucket, versioning=versioning)
+    allow(monkeypatch, bucket, **settings)
+    return bucket
+
+
 @pytest.fixture
-def sources(lambda_env: dict[str, str], embedded_aws: EmbeddedAws, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+def sources(lambda_env: dict[str, str], embedded_aws: EmbeddedAws, monkeypatch: pytest.MonkeyPatch) -> str:
     """A source bucket the stack may read (SOURCE_BUCKETS), unversioned."""
-    bucket = f"source-photos-{next(_numbers)}"
-    embedded_aws.create_bucket(bucket)
-    allow(monkeypatch, bucket)
-    yield bucket
+    return source_bucket(embedded_aws, monkeypatch, versioning=False)
+
+
+@pytest.fixture
+def versioned(lambda_env: dict[str, str], embedded_aws: EmbeddedAws, monkeypatch: pytest.MonkeyPatch) -> str:
+    """A versioned source bucket the stack may read."""
+    return source_bucket(embedded_aws, monkeypatch, versioning=True)
 
 
 def allow(monkeypatch: pytest.MonkeyPatch, *names: str, **settings: str) -> None:
@@ -68,12 +78,17 @@ def allow(monkeypatch: pytest.MonkeyPatch, *names: str, **settings: str) -> None
     reset_services()
 
 
-@pytest.fixture
-def requests_to_s3(lambda_env: dict[str, str]) -> S3Requests:
-    """Records the S3 requests of the services built next (call after the settings are final)."""
+def recorded() -> S3Requests:
+    """Records every S3 request of the current services from now on (after the settings are final)."""
     found = S3Requests()
     get_services().store.client.meta.events.register("before-parameter-build.s3", found.record)
     return found
+
+
+@pytest.fixture
+def requests_to_s3(lambda_env: dict[str, str]) -> S3Requests:
+    """:func:`recorded` as a fixture: list it after the fixtures that change the settings."""
+    return recorded()
 
 
 def put(aws: EmbeddedAws, bucket: str, key: str, body: bytes) -> dict[str, Any]:
@@ -172,11 +187,8 @@ def test_objects_that_need_conversion_are_read_from_s3_and_converted(
     fake_rekognition: FakeRekognition,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    bucket = f"source-photos-{next(_numbers)}"
-    embedded_aws.create_bucket(bucket)
-    allow(monkeypatch, bucket, MAX_IMAGE_BYTES=str(20 * MIB))
-    requests = S3Requests()
-    get_services().store.client.meta.events.register("before-parameter-build.s3", requests.record)
+    bucket = source_bucket(embedded_aws, monkeypatch, versioning=False, MAX_IMAGE_BYTES=str(20 * MIB))
+    requests = recorded()
     big = padded_png(images.png(), 16 * MIB)  # over the 15 MB S3Object takes, within MAX_IMAGE_BYTES
     objects = {
         "cat.webp": images.webp(),
@@ -252,15 +264,11 @@ def test_small_objects_are_read_once(
 def test_a_version_id_is_honoured(
     buckets: Buckets,
     embedded_aws: EmbeddedAws,
-    lambda_env: dict[str, str],
+    versioned: str,
     fake_rekognition: FakeRekognition,
-    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    bucket = f"versioned-photos-{next(_numbers)}"
-    embedded_aws.create_bucket(bucket, versioning=True)
-    allow(monkeypatch, bucket)
-    requests = S3Requests()
-    get_services().store.client.meta.events.register("before-parameter-build.s3", requests.record)
+    bucket = versioned
+    requests = recorded()
     first = put(embedded_aws, bucket, "cat.jpg", images.jpeg())["VersionId"]
     webp = put(embedded_aws, bucket, "cat.jpg", images.webp())["VersionId"]
     current = put(embedded_aws, bucket, "cat.jpg", images.HTML)["VersionId"]
@@ -289,13 +297,10 @@ def test_a_version_id_is_honoured(
 def test_two_versions_of_one_object_without_ids_are_two_entries(
     buckets: Buckets,
     embedded_aws: EmbeddedAws,
-    lambda_env: dict[str, str],
+    versioned: str,
     fake_rekognition: FakeRekognition,
-    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    bucket = f"versioned-photos-{next(_numbers)}"
-    embedded_aws.create_bucket(bucket, versioning=True)
-    allow(monkeypatch, bucket)
+    bucket = versioned
     versions = [put(embedded_aws, bucket, "cat.jpg", body)["VersionId"] for body in (images.jpeg(), images.png())]
     lines = "\n".join(json.dumps({"url": f"s3://{bucket}/cat.jpg", "versionId": v}) for v in versions)
     report = run(buckets, "two.jsonl", lines)
@@ -370,8 +375,7 @@ def test_a_missing_object_or_version_is_source_unreadable(
     fake_rekognition: FakeRekognition,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    bucket = f"versioned-photos-{next(_numbers)}"
-    embedded_aws.create_bucket(bucket, versioning=True)
+    bucket = source_bucket(embedded_aws, monkeypatch, versioning=True)
     allow(monkeypatch, bucket, "no-such-bucket-anywhere")
     put(embedded_aws, bucket, "cat.jpg", images.jpeg())
     put(embedded_aws, bucket, "empty.jpg", b"")
@@ -456,13 +460,10 @@ def test_an_unchanged_object_is_never_labeled_twice(
 def test_a_pinned_version_labeled_before_costs_no_request_at_all(
     buckets: Buckets,
     embedded_aws: EmbeddedAws,
-    lambda_env: dict[str, str],
+    versioned: str,
     fake_rekognition: FakeRekognition,
-    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    bucket = f"versioned-photos-{next(_numbers)}"
-    embedded_aws.create_bucket(bucket, versioning=True)
-    allow(monkeypatch, bucket)
+    bucket = versioned
     version = put(embedded_aws, bucket, "cat.jpg", images.jpeg())["VersionId"]
     put(embedded_aws, bucket, "cat.jpg", images.png())  # a newer current version
     run(buckets, "latest.json", [{"url": f"s3://{bucket}/cat.jpg", "id": "latest"}])
@@ -470,8 +471,7 @@ def test_a_pinned_version_labeled_before_costs_no_request_at_all(
     assert fake_rekognition.state.successful_calls == 2
 
     reset_services()
-    requests = S3Requests()
-    get_services().store.client.meta.events.register("before-parameter-build.s3", requests.record)
+    requests = recorded()
     report = run(buckets, "pinned.json", [{"url": f"s3://{bucket}/cat.jpg", "id": "pinned", "versionId": version}])
     assert report["labels_from_cache"] == 1 and fake_rekognition.state.successful_calls == 2
     assert requests.to(bucket) == []  # the version is its identity: the cache answered without asking S3
@@ -523,11 +523,9 @@ def test_a_fanned_out_run_labels_s3_entries_in_its_workers(
     embedded_aws: EmbeddedAws,
     fanout_env: tuple[QueueInfo, QueueInfo],
     fake_rekognition: FakeRekognition,
-    monkeypatch: pytest.MonkeyPatch,
+    versioned: str,
 ) -> None:
-    bucket = f"versioned-photos-{next(_numbers)}"
-    embedded_aws.create_bucket(bucket, versioning=True)
-    allow(monkeypatch, bucket)
+    bucket = versioned
     queue, _ = fanout_env
     pinned = [put(embedded_aws, bucket, f"p{n}.png", images.distinct_png(n))["VersionId"] for n in range(5)]
     put(embedded_aws, bucket, "p0.png", images.HTML)  # the pin keeps entry 0 on its image
@@ -542,15 +540,9 @@ def test_a_fanned_out_run_labels_s3_entries_in_its_workers(
 
 
 def test_the_null_version_is_the_content_from_before_versioning(
-    buckets: Buckets,
-    embedded_aws: EmbeddedAws,
-    lambda_env: dict[str, str],
-    fake_rekognition: FakeRekognition,
-    monkeypatch: pytest.MonkeyPatch,
+    buckets: Buckets, sources: str, embedded_aws: EmbeddedAws, fake_rekognition: FakeRekognition
 ) -> None:
-    bucket = f"source-photos-{next(_numbers)}"
-    embedded_aws.create_bucket(bucket)
-    allow(monkeypatch, bucket)
+    bucket = sources
     put(embedded_aws, bucket, "cat.jpg", images.jpeg())  # before versioning: its version id is "null"
     embedded_aws.client("s3").put_bucket_versioning(Bucket=bucket, VersioningConfiguration={"Status": "Enabled"})
     entries = [{"url": f"s3://{bucket}/cat.jpg", "id": "cat", "versionId": "null"}]
