@@ -475,8 +475,12 @@ def test_a_pinned_version_labeled_before_costs_no_request_at_all(
     report = run(buckets, "pinned.json", [{"url": f"s3://{bucket}/cat.jpg", "id": "pinned", "versionId": version}])
     assert report["labels_from_cache"] == 1 and fake_rekognition.state.successful_calls == 2
     assert requests.to(bucket) == []  # the version is its identity: the cache answered without asking S3
-    # The unpinned entry found the current version and cached it by that version: the same answer for a pin.
+    # The unpinned entry found the current version, asked DetectLabels for exactly that version (a newer
+    # upload meanwhile would not be labeled under it) and cached it by that version: the same answer for a pin.
     current = buckets.s3.head_object(Bucket=bucket, Key="cat.jpg")["VersionId"]
+    assert sorted(fake_rekognition.state.s3_objects_seen) == sorted(
+        [(bucket, "cat.jpg", current), (bucket, "cat.jpg", version)]
+    )
     report = run(buckets, "pin-current.json", [{"url": f"s3://{bucket}/cat.jpg", "versionId": current}])
     assert report["labels_from_cache"] == 1 and requests.to(bucket) == []
 
