@@ -467,8 +467,13 @@ def test_a_pinned_version_labeled_before_costs_no_request_at_all(
     version = put(embedded_aws, bucket, "cat.jpg", images.jpeg())["VersionId"]
     put(embedded_aws, bucket, "cat.jpg", images.png())  # a newer current version
     run(buckets, "latest.json", [{"url": f"s3://{bucket}/cat.jpg", "id": "latest"}])
+    reset_services()
+    first = recorded()
     run(buckets, "pinned.json", [{"url": f"s3://{bucket}/cat.jpg", "id": "pinned", "versionId": version}])
     assert fake_rekognition.state.successful_calls == 2
+    # A new pinned version: its cache entry is looked up once (before the first read), then written once.
+    cache = [op for op, _, key, _ in first.sent if key and key.startswith("cache/labels/") and "/s3/" in key]
+    assert cache == ["GetObject", "PutObject"]
 
     reset_services()
     requests = recorded()

@@ -31,7 +31,7 @@ S3Object route), and ``source`` names the object: ``{"bucket", "key", "version_i
 from __future__ import annotations
 
 import time
-from contextlib import nullcontext
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import replace
 from typing import Any
 
@@ -59,30 +59,35 @@ def label_s3_entry(
 ) -> tuple[ResultRecord, EntryOutcome]:
     """Label one ``s3://`` entry: its record and outcome. Raises the entry's LabelerError or OutOfTime."""
     ref = parse_s3_source(entry.url, entry.version_id, allowed=services.settings.source_bucket_names)
-    known = _identity(ref, None)  # a version named by the entry never changes: no request needed to know it
-    if known is not None:
-        cached = _cached(services, entry, ref, known, None)
-        if cached is not None:
-            return cached
-    if services.sources is None:
-        raise SourceUnreadable(f"{ref.url}: this function has no S3 source reader", bucket=ref.bucket, key=ref.key)
-    deadline.check("before reading the S3 object")
-    started = time.perf_counter()
-    seen = services.sources.read_start(ref)
-    timings.mark("download", started)
-    if seen.size == 0:
-        raise EmptyBody(f"{ref.url} is an empty object")
-    if ref.version_id is None and seen.pinned_version:
-        ref = replace(ref, version_id=seen.pinned_version)  # what was seen is what is labeled
-    identity = _identity(ref, seen)
-    with services.in_flight.hold(identity) if identity is not None else nullcontext():
-        found = _cached(services, entry, ref, identity, seen) if identity is not None else None
+    known = _identity(ref, None)  # the entry's own versionId: its identity before any request
+    # One answer per identity in flight: a second entry naming the same object waits, then finds it cached.
+    with _held(services, known):
+        found = _cached(services, entry, ref, known, None) if known is not None else None
         if found is None:
-            found = _label_object(services, entry, ref, seen, timings, deadline, started)
-            if identity is not None and services.cache is not None and services.labeling is not None:
-                services.cache.put_source_labels(identity, services.labeling.cache_tag, _answer(found[0]))
+            if services.sources is None:
+                raise SourceUnreadable(f"{ref.url}: no S3 source reader", bucket=ref.bucket, key=ref.key)
+            deadline.check("before reading the S3 object")
+            started = time.perf_counter()
+            seen = services.sources.read_start(ref)
+            timings.mark("download", started)
+            if seen.size == 0:
+                raise EmptyBody(f"{ref.url} is an empty object")
+            if ref.version_id is None and seen.pinned_version:
+                ref = replace(ref, version_id=seen.pinned_version)  # what was seen is what is labeled
+            identity = known or _identity(ref, seen)
+            with _held(services, None if known else identity):
+                if known is None and identity is not None:
+                    found = _cached(services, entry, ref, identity, seen)
+                if found is None:
+                    found = _label_object(services, entry, ref, seen, timings, deadline, started)
+                    if identity is not None and services.cache is not None and services.labeling is not None:
+                        services.cache.put_source_labels(identity, services.labeling.cache_tag, _answer(found[0]))
     found[1].download_ms = timings.marks.get("download", 0.0)
     return found
+
+
+def _held(services: Services, identity: str | None) -> AbstractContextManager[None]:
+    return services.in_flight.hold(identity) if identity is not None else nullcontext()
 
 
 def _identity(ref: S3ObjectRef, seen: SourceObject | None) -> str | None:
