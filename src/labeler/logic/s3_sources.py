@@ -75,7 +75,7 @@ class S3ObjectRef:
         return {"S3Object": s3_object}
 
     def get_object_args(self) -> dict[str, str]:
-        """``GetObject``/``HeadObject`` arguments for this object (download-and-convert path, identity)."""
+        """``GetObject`` arguments for this object (the first read, the download-and-convert path)."""
         args = {"Bucket": self.bucket, "Key": self.key}
         if self.version_id:
             args["VersionId"] = self.version_id
@@ -199,7 +199,7 @@ def s3_object_route(
 def source_identity(ref: S3ObjectRef, *, version_id: str | None = None, etag: str | None = None) -> str:
     """What the label cache remembers the object by: ``s3://b/k?versionId=…`` or, unversioned, ``s3://b/k#etag=…``.
 
-    ``version_id``/``etag`` come from HeadObject (the entry's own versionId wins). A version never
+    ``version_id``/``etag`` come from the object's first read (the entry's own versionId wins). A version never
     changes; an ETag changes with the content, so the same identity means the same labels.
 
     >>> source_identity(S3ObjectRef("b1-photos", "a.jpg"), etag='"9b2cf535f27731c974343645a3985328"')
