@@ -13,9 +13,11 @@ import pytest
 from botocore.exceptions import ClientError
 
 from labeler.local import demo
-from labeler.local.samples import BROKEN, PHOTOS
+from labeler.local.samples import BROKEN, PHOTOS, S3_SAMPLES
 
-ENTRIES = len(PHOTOS) + len(BROKEN)
+ENTRIES = len(PHOTOS) + len(BROKEN) + len(S3_SAMPLES)
+LABELED = len(PHOTOS) + sum(sample.photo is not None for sample in S3_SAMPLES)  # the photo read from S3
+FAILED = ENTRIES - LABELED  # the broken entries, and the bucket outside SOURCE_BUCKETS
 
 
 def port_of(url: str) -> int:
@@ -46,8 +48,11 @@ def test_the_stack_starts_everything_and_stops_everything() -> None:
         assert os.environ["LABEL_BACKEND"] == "local"
         assert os.environ["ALLOW_PRIVATE_NETWORKS"] == "true"
         assert os.environ["MAX_WORKERS"] == "3"
+        assert os.environ["SOURCE_BUCKETS"] == demo.SOURCE_BUCKET
         names = {bucket["Name"] for bucket in stack.aws.client("s3").list_buckets()["Buckets"]}
-        assert {demo.INPUT_BUCKET, demo.OUTPUT_BUCKET} <= names
+        assert {demo.INPUT_BUCKET, demo.OUTPUT_BUCKET, demo.SOURCE_BUCKET} <= names
+        photos = stack.aws.client("s3").list_objects_v2(Bucket=demo.SOURCE_BUCKET)["Contents"]
+        assert [item["Key"] for item in photos] == [s.key for s in S3_SAMPLES if s.photo is not None]
         with urllib.request.urlopen(stack.photos.url(PHOTOS[0].path), timeout=5) as response:
             assert response.headers["Content-Type"] == "image/jpeg"
             assert response.read(3) == b"\xff\xd8\xff"
@@ -91,7 +96,7 @@ def test_the_demo_labels_the_photos_and_writes_the_gallery(
     assert "Cat 92" in out or "Cat 91" in out or "Cat 93" in out
     assert "✓ every entry has a record" in out
     # Told when it was done: the run's completion event came through the rule's queue.
-    assert "event     Manifest Labeled (complete, 11 entries): the default bus → the completion rule" in out
+    assert f"event     Manifest Labeled (complete, {ENTRIES} entries): the default bus → the completion rule" in out
     # The ending: a named query of the template on DuckDB over the index the run wrote.
     ending = out[out.index("index:    1 object(s) under s3://") :]
     assert f"{ENTRIES} rows (one per entry)" in ending
@@ -99,6 +104,7 @@ def test_the_demo_labels_the_photos_and_writes_the_gallery(
     found = [line.split("│")[1:3] for line in ending.splitlines() if line.startswith("│")]
     assert [(label.strip(), image_id.strip()) for label, image_id in found] == [
         ("Cat", "chelsea-the-cat"),
+        ("Cat", "cat-in-s3"),  # the photo read from the source bucket: in the same index
         ("Coffee", "coffee"),
     ]
     for port in {int(p) for p in _ports_in(out)}:
@@ -111,19 +117,30 @@ def test_the_demo_labels_the_photos_and_writes_the_gallery(
     assert cat["label_backend"] == "local" and "Cat" in {label["Name"] for label in cat["labels"]}
     # the demo's manifest asks for IMAGE_PROPERTIES: the offline backend computed them
     assert {"Quality", "DominantColors", "Foreground", "Background"} <= set(cat["image_properties"])
+    # Photos already in S3: read from the source bucket (the offline backend has no S3Object), and a bucket
+    # outside SOURCE_BUCKETS refused, both in the table.
+    from_s3 = next(record for record in records if record["image_id"] == "cat-in-s3")
+    assert from_s3["url"] == f"s3://{demo.SOURCE_BUCKET}/photos/chelsea.png"
+    assert from_s3["source"]["route"] == "download" and "Cat" in {label["Name"] for label in from_s3["labels"]}
+    refused = next(record for record in records if record["image_id"] == "not-our-bucket")
+    assert refused["error"]["code"] == "source_not_allowed"
+    assert "S3 (download) · PNG 451×300" in out and "source_not_allowed  bucket 'someone-elses-photos'" in out
     report = json.loads((tmp_path / "report.json").read_text())
-    assert (report["total"], report["succeeded"], report["failed"]) == (ENTRIES, len(PHOTOS), len(BROKEN))
-    assert report["errors_by_code"] == {entry.expected_code: 1 for entry in BROKEN}
+    assert (report["total"], report["succeeded"], report["failed"]) == (ENTRIES, LABELED, FAILED)
+    assert report["errors_by_code"] == {
+        **{entry.expected_code: 1 for entry in BROKEN},
+        **{sample.expected_code: 1 for sample in S3_SAMPLES if sample.expected_code},
+    }
     assert report["options"]["features"] == ["GENERAL_LABELS", "IMAGE_PROPERTIES"]
     calls = report["cost"]["detect_labels_calls"]
-    assert calls + report["cost"]["detect_labels_saved"] == len(PHOTOS)
+    assert calls + report["cost"]["detect_labels_saved"] == LABELED
     assert f"DetectLabels {calls} calls" in out  # the summary line shows the cost
 
     html = (tmp_path / "gallery.html").read_text()
-    assert html.count('<article class="card ok"') == len(PHOTOS)
-    assert html.count('<article class="card failed"') == len(BROKEN)
-    assert html.count('src="data:image/jpeg;base64,') == len(PHOTOS)
-    assert html.count('<ul class="swatches">') == len(PHOTOS) and html.count('class="quality"') == len(PHOTOS)
+    assert html.count('<article class="card ok"') == LABELED
+    assert html.count('<article class="card failed"') == FAILED
+    assert html.count('src="data:image/jpeg;base64,') == LABELED
+    assert html.count('<ul class="swatches">') == LABELED and html.count('class="quality"') == LABELED
     assert f"DetectLabels {calls} calls" in html
 
 

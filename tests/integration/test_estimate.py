@@ -199,6 +199,7 @@ def test_embedded_needs_a_local_endpoint(
 # --- URL memos on the embedded endpoint -------------------------------------------------------------------------
 def test_memoized_urls_narrow_the_range(buckets: Buckets, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     put_memo(buckets, A)
+    # The pipeline never writes a URL memo for an S3 object (it caches it by version or ETag): not looked up.
     put_memo(buckets, S3_OBJECT, etag=None, last_modified="Wed, 25 Nov 2026 10:00:00 GMT")
     put_memo(buckets, B, etag=None)  # no validators: the pipeline could not send a conditional request
     put_memo(buckets, "https://example.com/not-in-the-manifest.jpg")
@@ -211,16 +212,17 @@ def test_memoized_urls_narrow_the_range(buckets: Buckets, tmp_path: Path, capsys
             "valid_entries": 5,
             "unique_urls": 4,
             "s3_objects": 1,
-            "memoized_urls": 2,  # A and the S3 object; B's memo has no validators, C has none
+            "memoized_urls": 1,  # A; B's memo has no validators, C has none, the S3 object is not looked up
             "max_calls": 4,
-            "min_calls": 2,
+            "min_calls": 3,
         }
-        assert (document["min_usd"], document["max_usd"]) == (0.002, 0.004)
+        assert (document["min_usd"], document["max_usd"]) == (0.003, 0.004)
 
     status, out, _ = run(capsys, str(path), "--output-bucket", buckets.output)
     assert status == 0
-    assert f"2 of 4 URLs have a URL memo in s3://{buckets.output}/cache/urls/ (4 looked up in" in out
-    assert "DetectLabels    2 to 4 calls" in out and "$0.002 to $0.004" in out
+    assert f"1 of 4 URLs have a URL memo in s3://{buckets.output}/cache/urls/ (3 looked up in" in out
+    assert "S3 objects are not looked up (cached by version or ETag" in out
+    assert "DetectLabels    3 to 4 calls" in out and "$0.003 to $0.004" in out
 
 
 def test_an_s3_manifest_is_read_from_the_bucket(
@@ -358,3 +360,21 @@ def test_the_range_is_priced_across_tiers() -> None:
     assert estimate.to_dict()["max_usd"] == 2600.0  # 1 M x $0.001 + 2 M x $0.0008
     assert estimate.to_dict()["min_usd"] == 500.0
     assert Estimate(count=count, memoized_urls=None, calls_this_month=5_000_000).to_dict()["max_usd"] == 1800.0
+
+
+def test_s3_entries_are_told_apart_by_their_version(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    lines = [
+        {"url": S3_OBJECT, "versionId": "v1"},
+        {"url": S3_OBJECT, "versionId": "v2", "id": "second"},
+        {"url": S3_OBJECT, "versionId": "v1", "id": "v1-again"},  # the same image as the first: one call
+        {"url": S3_OBJECT},  # the current version: maybe another image
+        {"url": A, "versionId": "v1"},  # versionId on an HTTP URL: invalid_entry, never labeled
+    ]
+    document = estimate_json(capsys, str(write(tmp_path, "m.jsonl", "\n".join(json.dumps(e) for e in lines))))
+    assert {k: document[k] for k in ("entries", "valid_entries", "s3_objects", "unique_urls", "max_calls")} == {
+        "entries": 5,
+        "valid_entries": 4,
+        "s3_objects": 4,
+        "unique_urls": 3,
+        "max_calls": 3,
+    }

@@ -10,6 +10,7 @@ from __future__ import annotations
 import io
 import itertools
 import json
+import time
 from typing import Any
 
 import numpy as np
@@ -126,6 +127,39 @@ def test_s3object_limits_are_the_services(embedded_aws: EmbeddedAws, fake_rekogn
     assert error_code(fake_rekognition, s3_object("missing.jpg")) == "InvalidS3ObjectException"
     assert error_code(fake_rekognition, s3_object("cat.jpg", name="no-such-bucket-here")) == "InvalidS3ObjectException"
     assert fake_rekognition.state.successful_calls == 1
+
+
+# --- the Rekognition adapter's S3Object call -----------------------------------------------------------------
+def test_the_adapter_s_s3object_call_takes_the_limiter_retries_and_options_of_the_bytes_call(
+    embedded_aws: EmbeddedAws, fake_rekognition: FakeRekognition
+) -> None:
+    from labeler.adapters.labels.base import DetectsS3Objects
+    from labeler.adapters.labels.rekognition import RekognitionBackend, RetryPolicy, build_client
+    from labeler.adapters.ratelimit import LocalSlots, SlotLimiter
+    from labeler.models.errors import LabelingFailed, OutOfTime
+    from labeler.models.label_options import LabelOptions
+
+    bucket = source_bucket(embedded_aws, versioning=True)
+    version = embedded_aws.client("s3").put_object(Bucket=bucket, Key="cat.jpg", Body=images.jpeg())["VersionId"]
+    limiter = SlotLimiter(LocalSlots(1000))
+    backend = RekognitionBackend(build_client(), limiter, retry=RetryPolicy(max_attempts=4), rng=lambda: 0.0)
+    assert isinstance(backend, DetectsS3Objects)
+    options = LabelOptions(min_confidence=90, max_labels=2, features=("GENERAL_LABELS", "IMAGE_PROPERTIES"))
+    fake_rekognition.state.fail_next("ThrottlingException", "InternalServerError")
+
+    result = backend.detect_s3_object({"Bucket": bucket, "Name": "cat.jpg", "Version": version}, options)
+
+    assert [label["Name"] for label in result.labels] == ["Mobile Phone", "Phone"]
+    assert "ImageProperties" in result.extra and backend.model_version == "3.0"
+    assert fake_rekognition.state.calls == 3 == limiter.stats.slots_used  # every attempt took a slot
+    sent = fake_rekognition.state.requests[-1]
+    assert (sent["Image"], sent["MinConfidence"], sent["MaxLabels"]) == ("S3Object", 90, 2)
+    assert fake_rekognition.state.s3_objects_seen == [(bucket, "cat.jpg", version)]
+    with pytest.raises(LabelingFailed) as raised:
+        backend.detect_s3_object({"Bucket": bucket, "Name": "missing.jpg"}, options)
+    assert raised.value.details["aws_code"] == "InvalidS3ObjectException"
+    with pytest.raises(OutOfTime):  # the deadline, as for bytes
+        backend.detect_s3_object({"Bucket": bucket, "Name": "cat.jpg"}, options, deadline=time.monotonic() + 0.5)
 
 
 # --- submit --prefix -----------------------------------------------------------------------------------

@@ -20,7 +20,9 @@ account that exceeds its DetectLabels quota. Throttled calls are counted (``stat
 
 ``Image.S3Object`` (Bucket, Name, Version) is read from the embedded S3 (``state.s3_endpoint_url``,
 else ``AWS_ENDPOINT_URL_S3``), as the service reads the caller's bucket: up to 15 MB, the same
-formats and sides; an object it cannot read is ``InvalidS3ObjectException``, as in AWS.
+formats and sides; an object it cannot read is ``InvalidS3ObjectException``, as in AWS, and so is
+every object of ``state.other_region_buckets`` (the service reads buckets of its own region only).
+Each request's ``Image`` kind (``"Bytes"`` or ``"S3Object"``) is in ``state.requests``.
 """
 
 from __future__ import annotations
@@ -108,6 +110,8 @@ class FakeRekognitionState:
     # Where Image.S3Object is read from (None: AWS_ENDPOINT_URL_S3), and the objects read: (bucket, key, version).
     s3_endpoint_url: str | None = None
     s3_objects_seen: list[tuple[str, str, str | None]] = field(default_factory=list)
+    # Buckets the stand-in treats as being in another region: their S3Object is InvalidS3ObjectException.
+    other_region_buckets: set[str] = field(default_factory=set)
     requests: list[dict[str, Any]] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -138,6 +142,7 @@ class FakeRekognitionState:
             self.images_seen.clear()
             self.requests.clear()
             self.s3_objects_seen.clear()
+            self.other_region_buckets.clear()
 
     @property
     def successful_calls(self) -> int:
@@ -199,6 +204,7 @@ class _Handler(BaseHTTPRequestHandler):
                     "MaxLabels": payload.get("MaxLabels"),
                     "Features": payload.get("Features"),
                     "Settings": payload.get("Settings"),
+                    "Image": next(iter(payload.get("Image") or {}), None),
                 }
             )
             planned = state.planned_errors.popleft() if state.planned_errors else None
@@ -276,6 +282,9 @@ def _read_s3_object(state: FakeRekognitionState, s3_object: Any) -> bytes | tupl
     version = s3_object.get("Version")
     with state.lock:
         state.s3_objects_seen.append((s3_object["Bucket"], s3_object["Name"], version))
+        elsewhere = s3_object["Bucket"] in state.other_region_buckets
+    if elsewhere:
+        return "InvalidS3ObjectException", S3_OBJECT_UNREADABLE
     s3 = boto3.client(
         "s3",
         endpoint_url=state.s3_endpoint_url or os.environ.get("AWS_ENDPOINT_URL_S3"),

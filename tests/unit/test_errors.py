@@ -25,3 +25,11 @@ def test_every_code_has_its_class() -> None:
 
 def test_docstring_examples_hold() -> None:
     assert doctest.testmod(errors_module).failed == 0
+
+
+def test_every_code_is_documented_in_the_reference() -> None:
+    from pathlib import Path
+
+    reference = (Path(__file__).parents[2] / "docs" / "reference.md").read_text(encoding="utf-8")
+    table = reference[reference.index("## Error codes") : reference.index("## Settings")]
+    assert [code for code in ErrorCode if f"| `{code}` |" not in table] == []

@@ -144,3 +144,18 @@ def test_url_memos_need_a_validator() -> None:
     cache.put_url_memo("https://example.com/a.jpg", UrlMemo(etag='"v1"', last_modified=None, sha256=SHA))
     assert cache.get_url_memo("https://example.com/a.jpg") == UrlMemo(etag='"v1"', last_modified=None, sha256=SHA)
     assert cache.get_url_memo("https://example.com/b.jpg") is None
+
+
+def test_an_s3_object_version_has_its_own_key_beside_the_content_keys() -> None:
+    store = MemoryStore()
+    identity = "s3://my-photos/cat.jpg?versionId=v1"
+    make_cache(store).put_source_labels(identity, TAG, answer(image={"format": "jpeg", "bytes": 48213}))
+
+    (key,) = store.objects
+    assert key.startswith("cache/labels/rekognition/c55-n50/s3/")  # the labels' lifecycle rule covers it
+    assert store.objects[key]["source"] == identity and "sha256" not in store.objects[key]
+    fresh = make_cache(store)
+    assert fresh.get_source_labels(identity, TAG).image == {"format": "jpeg", "bytes": 48213}
+    assert fresh.get_source_labels("s3://my-photos/cat.jpg?versionId=v2", TAG) is None
+    assert fresh.get_source_labels(identity, label_cache_tag(LabelOptions(min_confidence=80))) is None
+    assert make_cache(store, version="4.0").get_source_labels(identity, TAG) is None  # a new model relabels

@@ -991,3 +991,62 @@ def test_an_entry_carrying_options_is_rejected_never_labeled_without_them(
     assert (options, error) == (None, None)
     assert summary(entries) == [bad(0, "entry-0", A), ok(1, ID_B, B, False)]
     assert isinstance(entries[0], RejectedEntry) and "whole manifest" in entries[0].error.message
+
+
+# --- s3:// entries: versionId ---------------------------------------------------------------------------
+S3 = "s3://my-photos/2024/cat.jpg"
+VERSION_FORMS = [
+    ("list", json.dumps([{"url": S3, "id": "cat", "versionId": "v1"}, {"url": S3, "versionId": "v2"}, S3])),
+    (
+        "images",
+        json.dumps({"images": [{"url": S3, "id": "cat", "versionId": "v1"}, {"url": S3, "versionId": "v2"}, S3]}),
+    ),
+    (
+        "jsonl",
+        "\n".join(
+            json.dumps(v) for v in ({"url": S3, "id": "cat", "versionId": "v1"}, {"url": S3, "versionId": "v2"}, S3)
+        ),
+    ),
+]
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("body", [f[1] for f in VERSION_FORMS], ids=[f[0] for f in VERSION_FORMS])
+def test_an_s3_entry_s_version_in_every_form(mode: str, body: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    entries, error = parse(source_for(mode, body.encode(), monkeypatch))
+    assert error is None
+    assert [(e.image_id, e.url, getattr(e, "version_id", "?")) for e in entries] == [
+        ("cat", S3, "v1"),
+        (derive_image_id(f"{S3}\nversionId=v2"), S3, "v2"),  # the version is part of a derived id
+        (derive_image_id(S3), S3, None),  # a plain URL string names the current version
+    ]
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_a_one_image_object_with_a_version(mode: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    body = json.dumps({"versionId": "v1", "url": S3, "id": "cat"}).encode()
+    entries, error = parse(source_for(mode, body, monkeypatch))
+    assert error is None and entries == [ManifestEntry(0, "cat", S3, version_id="v1")]
+
+
+VERSION_RULES: list[tuple[str, Any, str]] = [
+    ("number", {"url": S3, "versionId": 7}, "versionId must be a non-empty string, not '7'"),
+    ("empty", {"url": S3, "versionId": ""}, "versionId must be a non-empty string"),
+    ("blank", {"url": S3, "versionId": "  "}, "versionId must be a non-empty string"),
+    ("object", {"url": S3, "versionId": {"id": "v1"}}, "versionId must be a non-empty string"),
+    ("list", {"url": S3, "versionId": ["v1"]}, "versionId must be a non-empty string"),
+    ("too long", {"url": S3, "versionId": "v" * 1025}, "not an S3 version id"),
+    ("control character", {"url": S3, "versionId": "v\n1"}, "not an S3 version id"),
+    ("on an http url", {"url": A, "versionId": "v1"}, "versionId applies to s3://bucket/key entries only"),
+]
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize(("raw", "message"), [r[1:] for r in VERSION_RULES], ids=[r[0] for r in VERSION_RULES])
+def test_version_rules(mode: str, raw: Any, message: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    entries, error = parse(source_for(mode, json.dumps([raw, {"url": S3, "versionId": None}]).encode(), monkeypatch))
+    assert error is None
+    rejected, fine = entries
+    assert isinstance(rejected, RejectedEntry) and type(rejected.error) is InvalidEntry
+    assert message in rejected.error.message
+    assert isinstance(fine, ManifestEntry) and fine.version_id is None  # null: the current version

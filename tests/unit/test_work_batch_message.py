@@ -32,3 +32,13 @@ def test_a_message_from_before_options_existed_still_reads() -> None:
     body = WorkBatch(MANIFEST, 0, ENTRIES).to_message()
     assert "options" not in body
     assert WorkBatch.from_message(body).options is None  # the worker then applies the stack's options
+
+
+def test_an_s3_entry_s_version_travels_in_the_message() -> None:
+    entries = (
+        ManifestEntry(0, "cat", "s3://my-photos/cat.jpg", version_id="3HL4kqtJvjVBH40Nrjfkd"),
+        ManifestEntry(1, "dog", "s3://my-photos/dog.jpg"),
+    )
+    body = json.loads(json.dumps(WorkBatch(MANIFEST, 0, entries).to_message()))
+    assert body["entries"][0]["version_id"] == "3HL4kqtJvjVBH40Nrjfkd" and "version_id" not in body["entries"][1]
+    assert WorkBatch.from_message(body).entries == entries

@@ -14,6 +14,7 @@ from labeler.adapters.events import CompletionEvents, build_events_client
 from labeler.adapters.fetch import FetchPolicy, ImageFetcher
 from labeler.adapters.labels import get_backend
 from labeler.adapters.labels.base import LabelBackend
+from labeler.adapters.s3_source import S3Sources
 from labeler.adapters.store import S3Store, build_s3_client
 from labeler.handlers.idempotency import OncePerDelivery
 from labeler.logic.budget import BudgetStore, InMemoryBudgetStore
@@ -55,7 +56,7 @@ def build_backend(settings: Settings) -> LabelBackend:
 
 
 def build_services(settings: Settings) -> Services:
-    """Wire S3, the safe fetcher, the label backend and the cache for ``settings``."""
+    """Wire S3, the safe fetcher, the label backend, the cache and the S3 source reader for ``settings``."""
     from labeler.adapters.images import set_memory_budget
 
     set_memory_budget(settings.image_memory_mb)
@@ -97,6 +98,7 @@ def build_services(settings: Settings) -> Services:
         progress=progress,
         on_run_finished=RunFinished(settings.output_bucket),
         budgets=budgets,
+        sources=S3Sources(store.client),  # s3:// entries: the same client, its timeouts and retries
     )
 
 

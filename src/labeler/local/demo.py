@@ -6,7 +6,9 @@ What happens, in the order a user sees it:
    bucket; the input bucket sends its ``ObjectCreated`` events to an SQS queue, as S3 → SQS does in AWS.
 2. Real photographs (scikit-image's bundled samples, served as JPEG, PNG, WebP, GIF and BMP) are
    served on loopback; the manifest lists them plus entries that fail on purpose (a 404, an HTML
-   page, the cloud metadata address, a duplicate id, an entry without a URL).
+   page, the cloud metadata address, a duplicate id, an entry without a URL), and two entries naming
+   S3 objects: a photo in the demo's source bucket (``SOURCE_BUCKETS``), read from the embedded S3,
+   and one in a bucket outside ``SOURCE_BUCKETS`` (``source_not_allowed``, nothing asked of it).
 3. The manifest is uploaded with boto3; the event S3 sent for it is taken from the queue and given to
    :func:`labeler.handlers.manifest_created.handler` (the Lambda's own entry point) with a Lambda
    context, ``LABEL_BACKEND=local`` (the offline model) and ``ALLOW_PRIVATE_NETWORKS=true``.
@@ -52,15 +54,19 @@ from labeler.local.runner import (
 from labeler.local.samples import (
     BROKEN,
     PHOTOS,
+    S3_SAMPLES,
     check_records,
     photo_bytes,
+    s3_entries,
     sample_images,
     sample_manifest,
     sample_routes,
+    upload_s3_samples,
 )
 
 INPUT_BUCKET = "s3il-demo-input"
 OUTPUT_BUCKET = "s3il-demo-output"
+SOURCE_BUCKET = "s3il-demo-photos"  # photos already in S3: the one bucket SOURCE_BUCKETS allows
 MANIFEST_KEY = "manifests/demo-photos.json"
 # The demo's manifest asks for its own options: labels and image properties (colours, quality), which the
 # offline backend computes; the stack lets manifests opt in to IMAGE_PROPERTIES (MANIFEST_FEATURES below).
@@ -90,6 +96,7 @@ class DemoStack:
     max_workers: int = 4
     input_bucket: str = INPUT_BUCKET
     output_bucket: str = OUTPUT_BUCKET
+    source_bucket: str = SOURCE_BUCKET
     aws: EmbeddedAws | None = None
     photos: Any = None
     completion_queue: str = ""  # where the completion rule sends the run's event
@@ -105,6 +112,7 @@ class DemoStack:
             "ALLOW_PRIVATE_NETWORKS": "true",
             "MAX_WORKERS": str(self.max_workers),
             "MANIFEST_FEATURES": ",".join(DEMO_FEATURES),
+            "SOURCE_BUCKETS": self.source_bucket,  # s3:// entries may name this bucket, and no other
             # No fan-out queue and no state table locally: the manifest is labeled inline.
             "WORK_QUEUE_URL": None,
             "STATE_TABLE": None,
@@ -119,6 +127,8 @@ class DemoStack:
             self.started.append("aws")
             self.aws.create_bucket(self.input_bucket)
             self.aws.create_bucket(self.output_bucket)
+            self.aws.create_bucket(self.source_bucket)
+            upload_s3_samples(self.aws.client("s3"), self.source_bucket)
             self.completion_queue = create_completion_queue(self.aws)
             self.photos = LoopbackServer(sample_routes()).start()
             self.started.append("photos")
@@ -238,7 +248,7 @@ def run_demo(stack: DemoStack, console: Any, output_dir: Path, timeout_seconds: 
     from rich.text import Text
 
     assert stack.aws is not None and stack.photos is not None
-    manifest = sample_manifest(stack.photos.url)
+    manifest = sample_manifest(stack.photos.url) + s3_entries(stack.source_bucket)
     console.print(Text("s3-image-labeler demo: the Lambda handler, run on this machine", style="bold"))
     console.print(f"  embedded S3 + SQS + EventBridge   {stack.aws.endpoint_url}  (moto server)")
     console.print(f"  photo server (loopback)           {stack.photos.base_url}")
@@ -250,8 +260,12 @@ def run_demo(stack: DemoStack, console: Any, output_dir: Path, timeout_seconds: 
         "  LABEL_BACKEND=local               offline ImageNet model (EfficientNet-Lite0), no Rekognition call"
     )
     console.print(
+        f"  SOURCE_BUCKETS={stack.source_bucket}    s3:// entries may name this bucket (on the embedded S3) and"
+        " no other"
+    )
+    console.print(
         f"  manifest  s3://{stack.input_bucket}/{MANIFEST_KEY}: {len(manifest)} entries,"
-        f" {len(PHOTOS)} photos and {len(BROKEN)} broken on purpose"
+        f" {len(PHOTOS)} photos and {len(BROKEN)} broken on purpose, {len(S3_SAMPLES)} naming S3 objects"
     )
     console.print(
         f'  options   {{"features": {json.dumps(DEMO_FEATURES)}}}: labels, and colours and quality computed locally',
@@ -303,7 +317,7 @@ def run_demo(stack: DemoStack, console: Any, output_dir: Path, timeout_seconds: 
         problems.extend(report_adds_up(report, records))
         if report.get("status") != "complete":
             problems.append(f"report status {report.get('status')!r}, expected 'complete'")
-    problems.extend(check_records(records))
+    problems.extend(check_records(records, s3=True))
     problems.extend(
         f"{record.get('image_id')}: no image_properties, though the manifest asked for IMAGE_PROPERTIES"
         for record in records

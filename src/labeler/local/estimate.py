@@ -6,11 +6,14 @@
 The manifest (a local file, or ``s3://bucket/key``) is read with the Lambda's own reader
 (:func:`labeler.logic.manifest.parse_manifest`), streamed, so a 1 M-entry manifest needs little
 memory. The stack makes at most one DetectLabels call per unique URL of a valid entry (later
-entries of the same URL, and identical bytes under other URLs, come from the label cache). With
+entries of the same URL, and identical bytes under other URLs, come from the label cache); an
+``s3://`` entry's URL is told apart by its ``versionId`` too (two versions, two images). With
 an output bucket (``--stack``, ``--output-bucket``, or ``--embedded`` for a local endpoint), each
-unique URL's memo (``cache/urls/<sha256(url)>.json``, :meth:`LabelCache.url_key`) is looked up,
+unique HTTP URL's memo (``cache/urls/<sha256(url)>.json``, :meth:`LabelCache.url_key`) is looked up,
 ``--concurrency`` at a time, while the manifest is read: a memoized URL was labeled before, and if
-it answers ``304 Not Modified`` its labels come from the cache, free. Hence a range:
+it answers ``304 Not Modified`` its labels come from the cache, free. S3 objects are not looked up:
+the stack caches them by version or ETag under its own options, which the estimate does not know
+(an object labeled before costs nothing, so the real count can be lower than ``min_calls``). Hence a range:
 
 * ``max_calls`` = unique URLs: every URL holds new bytes (memoized ones changed since);
 * ``min_calls`` = unique URLs − memoized URLs: every memoized URL is unchanged (and its labels
@@ -41,7 +44,7 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from labeler.logic.manifest import read_manifest
+from labeler.logic.manifest import VERSION_KEY, read_manifest
 from labeler.logic.pricing import (
     DETECT_LABELS_PRICE_SOURCE,
     IMAGE_PROPERTIES_TIERS,
@@ -53,6 +56,7 @@ from labeler.logic.pricing import (
     tier_list,
     usd,
 )
+from labeler.logic.s3_sources import is_s3_url
 from labeler.models.errors import ManifestError
 from labeler.models.label_options import (
     MAX_DOMINANT_COLORS_LIMIT,
@@ -102,11 +106,12 @@ def count_manifest(
     on_new_url: Callable[[str], None] | None = None,
     stack: LabelOptions | None = None,
 ) -> ManifestCount:
-    """Count entries as the Lambda reads them; ``on_new_url`` sees each unique URL once, in order.
+    """Count entries as the Lambda reads them; ``on_new_url`` sees each unique HTTP URL once, in order.
 
-    URLs are told apart as the memo keys tell them apart (exact text); 16-byte digests keep a
-    million of them in ~100 MB. The manifest's options are read over ``stack`` (default:
-    :func:`widest_stack`); options it cannot have end the count with ``manifest_options_invalid``.
+    URLs are told apart as the memo keys tell them apart (exact text), ``s3://`` URLs with their
+    ``versionId``; 16-byte digests keep a million of them in ~100 MB. The manifest's options are read
+    over ``stack`` (default: :func:`widest_stack`); options it cannot have end the count with
+    ``manifest_options_invalid``.
     """
     max_bytes, max_entries = manifest_limits()
     stack = stack or widest_stack()
@@ -121,13 +126,14 @@ def count_manifest(
             if isinstance(item, RejectedEntry):
                 continue  # recorded as an error, never labeled
             count.valid_entries += 1
-            if item.url[: len(S3_SCHEME)].lower() == S3_SCHEME:
-                count.s3_objects += 1
-            digest = hashlib.blake2b(item.url.encode("utf-8"), digest_size=16).digest()
+            s3_object = is_s3_url(item.url)
+            count.s3_objects += s3_object
+            name = item.url if item.version_id is None else f"{item.url}\n{VERSION_KEY}={item.version_id}"
+            digest = hashlib.blake2b(name.encode("utf-8"), digest_size=16).digest()
             if digest not in seen:
                 seen.add(digest)
                 count.unique_urls += 1
-                if on_new_url is not None:
+                if on_new_url is not None and not s3_object:  # S3 objects have no URL memo
                     on_new_url(item.url)
     except ManifestError as exc:
         count.error = exc
@@ -270,6 +276,11 @@ def render_text(estimate: Estimate, where: str, memo_place: str | None, lookups:
             f"labeled before  {estimate.memoized_urls:,} of {count.unique_urls:,} URLs have a URL memo in {memo_place} "
             f"({lookups.looked_up:,} looked up in {lookups.seconds:.1f} s, {per_10k:.1f} s per 10,000)"
         )
+        if count.s3_objects:
+            lines.append(
+                "                S3 objects are not looked up (cached by version or ETag under the stack's options): "
+                "those labeled before cost nothing"
+            )
     low, high = estimate.min_calls, estimate.max_calls
     calls = f"{high:,}" if low == high else f"{low:,} to {high:,}"
     price = (

@@ -411,6 +411,9 @@ def results_table(records: list[dict[str, Any]], *, title: str | None = None) ->
             image_text = f"{str(image['format']).upper()} {image.get('width', '?')}×{image.get('height', '?')}"
             if image.get("converted"):
                 image_text += " → converted"
+            route = (record.get("source") or {}).get("route")
+            if str(record.get("url", "")).startswith("s3://") and route:
+                image_text = f"S3 ({route}) · {image_text}"  # read from S3: never over HTTP
         error = record.get("error")
         if isinstance(error, dict):
             outcome = Text(str(error.get("code", "error")), style="bold red")

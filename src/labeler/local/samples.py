@@ -4,7 +4,9 @@ The photos are real ones bundled with scikit-image (no download: ``chelsea`` the
 ``rocket``, ...), encoded as JPEG, PNG, WebP, GIF and BMP so that the pipeline's conversion shows.
 They are served on loopback by :class:`labeler.local.http_server.LoopbackServer`; the manifest adds
 entries that fail on purpose (a 404, an HTML page, the cloud metadata address, a duplicate id, an
-entry without a URL), each with the error code it must get.
+entry without a URL), each with the error code it must get. ``make demo`` adds :data:`S3_SAMPLES`:
+entries naming S3 objects (one uploaded to the demo's source bucket, one in a bucket outside
+``SOURCE_BUCKETS``).
 
 >>> with LoopbackServer(sample_routes()) as server:                   # doctest: +SKIP
 ...     manifest = sample_manifest(server.url)
@@ -100,6 +102,54 @@ BROKEN: tuple[BrokenEntry, ...] = (
 )
 
 
+@dataclass(frozen=True)
+class S3Sample:
+    """A demo entry naming an S3 object (``s3://bucket/key``) and what it must get.
+
+    ``photo`` is uploaded to the demo's source bucket and must be labeled; ``bucket`` names another
+    bucket instead (outside ``SOURCE_BUCKETS``: nothing is uploaded, nothing may be asked of it).
+    """
+
+    image_id: str
+    key: str
+    why: str
+    photo: SamplePhoto | None = None
+    bucket: str | None = None
+    expected_code: str | None = None
+
+    def url(self, source_bucket: str) -> str:
+        return f"s3://{self.bucket or source_bucket}/{self.key}"
+
+
+S3_SAMPLES: tuple[S3Sample, ...] = (
+    S3Sample(
+        "cat-in-s3",
+        "photos/chelsea.png",
+        "a photo in the demo's source bucket (SOURCE_BUCKETS): read from S3, never over HTTP",
+        photo=SamplePhoto("cat-in-s3", "chelsea", "PNG", "Chelsea again, as a PNG read from S3", ("Cat",)),
+    ),
+    S3Sample(
+        "not-our-bucket",
+        "cat.jpg",
+        "a bucket outside SOURCE_BUCKETS: refused before any request",
+        bucket="someone-elses-photos",
+        expected_code="source_not_allowed",
+    ),
+)
+
+
+def s3_entries(source_bucket: str) -> list[dict[str, Any]]:
+    """The manifest entries of :data:`S3_SAMPLES`, ``source_bucket`` being the one ``SOURCE_BUCKETS`` allows."""
+    return [{"id": sample.image_id, "url": sample.url(source_bucket)} for sample in S3_SAMPLES]
+
+
+def upload_s3_samples(s3: Any, source_bucket: str) -> None:
+    """Put the photos of :data:`S3_SAMPLES` into the (existing) source bucket."""
+    for sample in S3_SAMPLES:
+        if sample.photo is not None:
+            s3.put_object(Bucket=source_bucket, Key=sample.key, Body=photo_bytes(sample.photo))
+
+
 @cache
 def _encoded(photo: SamplePhoto) -> bytes:
     import skimage.data
@@ -142,34 +192,42 @@ def sample_manifest(url: Callable[[str], str], *, broken: bool = True) -> list[d
 
 
 def sample_images() -> dict[str, bytes]:
-    """The photo bytes by image id (the gallery's thumbnails)."""
-    return {photo.image_id: photo_bytes(photo) for photo in PHOTOS}
+    """The photo bytes by image id (the gallery's thumbnails), those read from S3 included."""
+    photos = [*PHOTOS, *(sample.photo for sample in S3_SAMPLES if sample.photo is not None)]
+    return {photo.image_id: photo_bytes(photo) for photo in photos}
 
 
-def check_records(records: list[dict[str, Any]], *, broken: bool = True) -> list[str]:
-    """What is wrong with the records of a run over :func:`sample_manifest` (empty: all as expected)."""
+def check_records(records: list[dict[str, Any]], *, broken: bool = True, s3: bool = False) -> list[str]:
+    """What is wrong with the records of a run over :func:`sample_manifest` (empty: all as expected).
+
+    ``s3``: the manifest ends with :func:`s3_entries` (after the broken entries), as the demo's does.
+    """
     problems: list[str] = []
-    expected_total = len(PHOTOS) + (len(BROKEN) if broken else 0)
-    if len(records) != expected_total:
-        problems.append(f"{len(records)} records for {expected_total} entries")
-    by_index = {record.get("entry_index"): record for record in records}
-    for index, photo in enumerate(PHOTOS):
-        record = by_index.get(index)
-        if record is None:
-            problems.append(f"no record for {photo.image_id}")
-            continue
-        if "error" in record:
-            problems.append(f"{photo.image_id} failed: {record['error'].get('code')} {record['error'].get('message')}")
-            continue
-        names = {label.get("Name") for label in record.get("labels") or []}
-        if photo.expected and not names.intersection(photo.expected):
-            problems.append(f"{photo.image_id}: expected {' or '.join(photo.expected)}, got {sorted(names) or 'none'}")
+    expected: list[tuple[str, tuple[str, ...], str | None, str]] = [
+        (photo.image_id, photo.expected, None, "") for photo in PHOTOS
+    ]
     if broken:
-        for offset, entry in enumerate(BROKEN):
-            record = by_index.get(len(PHOTOS) + offset)
-            code = (record or {}).get("error", {}).get("code") if record else None
-            if code != entry.expected_code:
-                problems.append(
-                    f"entry {len(PHOTOS) + offset} ({entry.why}): expected {entry.expected_code}, got {code}"
-                )
+        expected += [(str(entry.image_id), (), entry.expected_code, entry.why) for entry in BROKEN]
+    if s3:
+        expected += [
+            (sample.image_id, sample.photo.expected if sample.photo else (), sample.expected_code, sample.why)
+            for sample in S3_SAMPLES
+        ]
+    if len(records) != len(expected):
+        problems.append(f"{len(records)} records for {len(expected)} entries")
+    by_index = {record.get("entry_index"): record for record in records}
+    for index, (image_id, labels, code, why) in enumerate(expected):
+        record = by_index.get(index)
+        if code is not None:
+            found = (record or {}).get("error", {}).get("code") if record else None
+            if found != code:
+                problems.append(f"entry {index} ({why}): expected {code}, got {found}")
+        elif record is None:
+            problems.append(f"no record for {image_id}")
+        elif "error" in record:
+            problems.append(f"{image_id} failed: {record['error'].get('code')} {record['error'].get('message')}")
+        else:
+            names = {label.get("Name") for label in record.get("labels") or []}
+            if labels and not names.intersection(labels):
+                problems.append(f"{image_id}: expected {' or '.join(labels)}, got {sorted(names) or 'none'}")
     return problems

@@ -5,6 +5,10 @@
   that changes DetectLabels' answer (:func:`label_cache_tag`): different options never share an
   answer, the same options always do. The document holds the label model version, checked on
   read, so a new model relabels.
+* ``cache/labels/<backend>/<tag>/s3/<h[:2]>/<h>.json`` — the same for an S3 object version named by
+  ``s3://`` entries, ``h`` = SHA-256 of its identity (``s3://b/k?versionId=…``, or ``#etag=…`` when
+  unversioned: :func:`~labeler.logic.s3_sources.source_identity`). Objects labeled through
+  ``Image.S3Object`` have no bytes here to hash: their version or ETag is what is remembered.
 * ``cache/urls/<sha256(url)>.json`` — the ``ETag``/``Last-Modified`` a URL last answered with and
   the content hash it had, so the next fetch can be conditional and a ``304`` reuses the labels.
 
@@ -124,7 +128,8 @@ class LabelCache:
         self._pending: set[Future[None]] = set()
         self._pending_lock = threading.Lock()
         # Labels written by this container, newest last: same bytes again (in this invocation or a warm
-        # one) cost no S3 read, and a write still in flight is already visible. Keyed by (tag, sha256).
+        # one) cost no S3 read, and a write still in flight is already visible. Keyed by (tag, sha256),
+        # or (tag, source identity) for S3 objects.
         self._recent: OrderedDict[tuple[str, str], CachedLabels] = OrderedDict()
         self._recent_size = recent_size
         self._recent_lock = threading.Lock()
@@ -132,6 +137,11 @@ class LabelCache:
     def labels_key(self, sha256: str, tag: str) -> str:
         """The key of the answer for bytes ``sha256`` under the options named by ``tag`` (:func:`label_cache_tag`)."""
         return f"{CACHE_PREFIX}labels/{self._backend}/{tag}/{sha256[:2]}/{sha256}.json"
+
+    def source_key(self, identity: str, tag: str) -> str:
+        """The key of the answer for the S3 object version ``identity`` under the options named by ``tag``."""
+        digest = hashlib.sha256(identity.encode("utf-8", "surrogatepass")).hexdigest()
+        return f"{CACHE_PREFIX}labels/{self._backend}/{tag}/s3/{digest[:2]}/{digest}.json"
 
     @staticmethod
     def url_key(url: str) -> str:
@@ -150,13 +160,20 @@ class LabelCache:
         return not current or version == current
 
     def get_labels(self, sha256: str, tag: str) -> CachedLabels | None:
+        return self._get((tag, sha256), self.labels_key(sha256, tag))
+
+    def get_source_labels(self, identity: str, tag: str) -> CachedLabels | None:
+        """The answer for an S3 object version (``identity``), under the options named by ``tag``."""
+        return self._get((tag, identity), self.source_key(identity, tag))
+
+    def _get(self, recent_key: tuple[str, str], key: str) -> CachedLabels | None:
         with self._recent_lock:
-            recent = self._recent.get((tag, sha256))
+            recent = self._recent.get(recent_key)
             if recent is not None:
-                self._recent.move_to_end((tag, sha256))
+                self._recent.move_to_end(recent_key)
         if recent is not None and self._is_current(recent.model_version):
             return recent
-        document = self._read(self.labels_key(sha256, tag))
+        document = self._read(key)
         if not document or not isinstance(document.get("labels"), list):
             return None
         version = str(document.get("model_version", ""))
@@ -171,13 +188,20 @@ class LabelCache:
         )
 
     def put_labels(self, sha256: str, tag: str, answer: CachedLabels) -> None:
+        self._put((tag, sha256), self.labels_key(sha256, tag), {"sha256": sha256}, answer)
+
+    def put_source_labels(self, identity: str, tag: str, answer: CachedLabels) -> None:
+        """Remember the answer for an S3 object version (``identity``). Never raises."""
+        self._put((tag, identity), self.source_key(identity, tag), {"source": identity}, answer)
+
+    def _put(self, recent_key: tuple[str, str], key: str, names: dict[str, str], answer: CachedLabels) -> None:
         with self._recent_lock:
-            self._recent[(tag, sha256)] = answer
-            self._recent.move_to_end((tag, sha256))
+            self._recent[recent_key] = answer
+            self._recent.move_to_end(recent_key)
             while len(self._recent) > self._recent_size:
                 self._recent.popitem(last=False)
         document = {
-            "sha256": sha256,
+            **names,
             "backend": self._backend,
             "model_version": answer.model_version,
             "labels": answer.labels,
@@ -185,7 +209,7 @@ class LabelCache:
         }
         if answer.image_properties is not None:
             document["image_properties"] = answer.image_properties
-        self._write(self.labels_key(sha256, tag), document)
+        self._write(key, document)
 
     def _write(self, key: str, document: dict[str, Any]) -> None:
         """Store a cache document, in the background when a writer pool is given. Never raises."""

@@ -57,6 +57,8 @@ def _entry_message(item: EntryItem) -> dict[str, Any]:
     message: dict[str, Any] = {"index": item.index, "image_id": item.image_id, "url": item.url}
     if not item.id_given:
         message["id_given"] = False
+    if isinstance(item, ManifestEntry) and item.version_id is not None:
+        message["version_id"] = item.version_id
     if isinstance(item, RejectedEntry):
         message["error"] = item.error.to_dict()
     return message
@@ -68,7 +70,14 @@ def _entry_from_message(message: dict[str, Any]) -> EntryItem:
         url = message.get("url")
         error = LabelerError.from_dict(message["error"])
         return RejectedEntry(index, image_id, None if url is None else str(url), error, id_given=id_given)
-    return ManifestEntry(index=index, image_id=image_id, url=str(message["url"]), id_given=id_given)
+    version = message.get("version_id")
+    return ManifestEntry(
+        index=index,
+        image_id=image_id,
+        url=str(message["url"]),
+        id_given=id_given,
+        version_id=None if version is None else str(version),
+    )
 
 
 @dataclass(frozen=True)

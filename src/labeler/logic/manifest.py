@@ -44,10 +44,10 @@ How a body is read:
   and slow (about 50 µs per value), hence its smaller limit.
 * A larger body is streamed strictly (no trailing commas, comments or JSON5), in bounded memory:
   a ``[`` body, or a ``{`` body whose first line is not a complete object (other than
-  ``{"images": …}``), with ``ijson`` (the yajl C backend, entries reduced to their ``url`` and
-  ``id`` as they are read, nothing nested is built); anything else line by line as JSON Lines.
-  There, yajl
-  parses numbers itself: one beyond a 64-bit integer or a double, anywhere, is a syntax error.
+  ``{"images": …}``), with ``ijson`` (the yajl C backend, entries reduced to their ``url``,
+  ``id`` and ``versionId`` as they are read, nothing nested is built); anything else line by line
+  as JSON Lines. There, yajl parses numbers itself: one beyond a 64-bit integer or a double,
+  anywhere, is a syntax error.
   A syntax error found part-way comes after the entries before it.
 * JSON Lines are read by one reader at any size: runs of blank lines are skipped at C speed,
   whitespace around a line's text is never buffered, and a line whose text is longer than
@@ -63,7 +63,11 @@ Entries:
   nothing more is checked here (the fetcher reports ``invalid_url``).
 * ``id``: a non-empty string of at most 512 characters, or an integer (turned into its decimal
   string); ``null`` or absent means none: then the id is derived from the URL
-  (:func:`~labeler.logic.keys.derive_image_id`, ``id_given=False``).
+  (:func:`~labeler.logic.keys.derive_image_id`, ``id_given=False``; for an entry with a ``versionId``,
+  from the URL and the version, so two versions of one object are two entries).
+* ``versionId`` (``s3://`` entries only): the S3 object version to label, a non-empty string of at
+  most 1,024 characters; ``null`` or absent: the current version. On an ``http(s)`` entry, or of any
+  other type, it makes the entry ``invalid_entry``. A plain URL string has no place for it.
 * Anything else (a number, ``null``, a nested list, an object without a usable ``url`` or with a
   bad ``id``, a JSON Lines line that is not JSON) is a :class:`RejectedEntry` with
   ``invalid_entry``. Its ``image_id`` is its valid ``id`` when it has one, otherwise
@@ -93,7 +97,7 @@ the manifest's fault: :class:`~labeler.models.errors.ManifestReadInterrupted` (n
 >>> [e.image_id for e in parse_manifest(b'[{"url": "https://example.com/a.jpg", "id": "a"}, "https://example.com/b.png"]')]
 ['a', 'url-200d8de414eb18988c84']
 >>> next(parse_manifest(b"{ url: 'https://example.com/a.jpg', id: 7, }"))
-ManifestEntry(index=0, image_id='7', url='https://example.com/a.jpg', id_given=True)
+ManifestEntry(index=0, image_id='7', url='https://example.com/a.jpg', id_given=True, version_id=None)
 """
 
 from __future__ import annotations
@@ -108,6 +112,7 @@ from itertools import chain
 from typing import Any, BinaryIO
 
 from labeler.logic.keys import derive_image_id
+from labeler.logic.s3_sources import is_s3_url, version_problem
 from labeler.models.errors import (
     DuplicateId,
     InvalidEntry,
@@ -136,7 +141,8 @@ _JSON_WHITESPACE = b" \t\r\n"
 _JSON_WHITESPACE_STR = " \t\r\n"
 _NON_BLANK = re.compile(rb"[^ \t\r\n]")
 # "options" is kept only so that an entry carrying it can be refused (options belong to a manifest).
-_ENTRY_KEYS = ("url", "id", "options")
+VERSION_KEY = "versionId"  # an s3:// entry's object version (the S3 API's spelling, as submit --prefix writes it)
+_ENTRY_KEYS = ("url", "id", VERSION_KEY, "options")
 OPTIONS_KEY = "options"
 MAX_OPTIONS_VALUES = 1000  # values (scalars and containers) an "options" object may hold: ~400 when full
 OPTIONS_AFTER_IMAGES = (
@@ -476,6 +482,18 @@ def _check_id(raw: Any) -> tuple[str | None, str | None]:
     return image_id, None
 
 
+def _check_version(raw: Any, url: str | None) -> tuple[str | None, str | None]:
+    """(the entry's ``versionId`` or None, None) or (None, the problem)."""
+    if raw is None:
+        return None, None
+    problem = version_problem(raw)
+    if problem is None and not _unicode_ok(raw):
+        problem = "versionId is not valid Unicode (it holds a lone surrogate)"
+    if problem is None and url is not None and not is_s3_url(url):
+        problem = "versionId applies to s3://bucket/key entries only"
+    return (None, problem) if problem else (raw, None)
+
+
 class _Entries:
     """Turns raw values into entries: numbering, the entry rules, the id tables, the entry limit."""
 
@@ -496,6 +514,7 @@ class _Entries:
 
         url: str | None = None
         image_id: str | None = None
+        version_id: str | None = None
         problem: str | None = None
         details: dict[str, Any] = {}
         if isinstance(raw, _BadLine):
@@ -505,7 +524,8 @@ class _Entries:
         elif isinstance(raw, dict):
             url, problem = _check_url(raw.get("url", _MISSING))
             image_id, id_problem = _check_id(raw.get("id", _MISSING))
-            problem = problem or id_problem
+            version_id, version_problem = _check_version(raw.get(VERSION_KEY), url)
+            problem = problem or id_problem or version_problem
             if OPTIONS_KEY in raw:  # never silently ignored: the entry would be labeled without them
                 problem = (
                     'an entry cannot carry "options": they apply to a whole manifest '
@@ -516,7 +536,8 @@ class _Entries:
 
         id_given = image_id is not None
         if image_id is None and problem is None and url is not None:
-            image_id = derive_image_id(url)
+            # Two versions of one object are two images: the version is part of the derived id.
+            image_id = derive_image_id(url if version_id is None else f"{url}\n{VERSION_KEY}={version_id}")
         if image_id is not None:
             first = (self._given if id_given else self._derived).add(image_id, index)
             if first is not None:
@@ -540,7 +561,7 @@ class _Entries:
                 id_given=id_given,
             )
         assert url is not None and image_id is not None
-        return ManifestEntry(index=index, image_id=image_id, url=url, id_given=id_given)
+        return ManifestEntry(index=index, image_id=image_id, url=url, id_given=id_given, version_id=version_id)
 
     def all(self, raws: Iterable[Any]) -> Iterator[ManifestEntry | RejectedEntry | _OptionsFound]:
         for raw in raws:
@@ -829,10 +850,10 @@ def _skip(events: Iterator[tuple[str, Any]], depth: int) -> None:
 
 
 def _element(events: Iterator[tuple[str, Any]], event: str, value: Any, depth: int) -> Any:
-    """One value at nesting ``depth``: a scalar as is; an object reduced to its ``url``/``id``; a list as ``[]``.
+    """One value at nesting ``depth``: a scalar as is; an object reduced to its entry keys; a list as ``[]``.
 
-    Nothing nested is built, so a huge or deep entry costs no memory (containers under ``url``
-    or ``id`` stand as ``{}`` / ``[]``: only their type matters).
+    Nothing nested is built, so a huge or deep entry costs no memory (containers under ``url``,
+    ``id`` or ``versionId`` stand as ``{}`` / ``[]``: only their type matters).
     """
     if event == "start_array":
         _skip(events, depth + 1)

@@ -32,7 +32,7 @@ from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from contextlib import nullcontext
 from dataclasses import dataclass, field, replace
 from itertools import chain, islice
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from labeler.adapters.fetch import FetchedImage, ImageFetcher, NotModified, Validators
 from labeler.adapters.images import prepare_image, reserve_memory
@@ -46,6 +46,7 @@ from labeler.logic.keys import entry_key, run_key
 from labeler.logic.manifest import read_manifest
 from labeler.logic.report import RunState, Tally, final_status, publish_report, utc_now
 from labeler.logic.run_index import IndexWriteFailed, PartIndex
+from labeler.logic.s3_sources import is_s3_url
 from labeler.models.errors import (
     DownloadTimeout,
     InternalError,
@@ -57,6 +58,9 @@ from labeler.models.label_options import LabelOptions
 from labeler.models.records import EntryItem, ManifestEntry, ManifestRef, RejectedEntry, ResultRecord
 from labeler.models.settings import Settings
 from labeler.observability import logger
+
+if TYPE_CHECKING:
+    from labeler.adapters.s3_source import S3Sources
 
 # Rekognition's limits for image bytes and sides (see README, "Limits").
 REKOGNITION_MAX_BYTES = 5 * 1024 * 1024
@@ -128,6 +132,7 @@ class Services:
     (gated by ``progress.claim_finished`` when there is a state table): the place for a
     "run finished" event. ``budgets`` keeps each run's DetectLabels count (the state table, or this
     process's memory). ``labeling`` is the stack's own until :func:`label_entries` sets a run's.
+    ``sources`` reads the objects ``s3://`` entries name (:mod:`labeler.logic.s3_entries`).
     """
 
     settings: Settings
@@ -140,6 +145,7 @@ class Services:
     on_run_finished: Callable[[dict[str, Any]], None] = _no_hook
     budgets: BudgetStore = field(default_factory=InMemoryBudgetStore)
     labeling: RunLabeling | None = None
+    sources: S3Sources | None = None
 
     def __post_init__(self) -> None:
         if self.labeling is None:
@@ -453,14 +459,15 @@ def _remember_url(services: Services, url: str, fetched: FetchedImage, sha256: s
 def _success(
     entry: ManifestEntry,
     labels: CachedLabels,
-    sha256: str,
+    sha256: str | None,
     source: dict[str, Any],
     *,
     cached_labels: bool,
     not_modified: bool,
 ) -> ResultRecord:
     image = dict(labels.image)
-    image["sha256"] = sha256
+    if sha256 is not None:  # None: labeled through Image.S3Object, no bytes were read to hash
+        image["sha256"] = sha256
     # With IMAGE_PROPERTIES, DetectLabels' ImageProperties object beside the labels, unchanged.
     properties = {"image_properties": labels.image_properties} if labels.image_properties is not None else {}
     return ResultRecord(
@@ -499,6 +506,10 @@ def _label(
     services: Services, entry: ManifestEntry, memo: UrlMemo | None, timings: _Timings, deadline: Deadline
 ) -> tuple[ResultRecord, EntryOutcome]:
     """Fetch, check and label one entry: its record and outcome. Raises the entry's LabelerError or OutOfTime."""
+    if is_s3_url(entry.url):  # an object in S3: read from there (or by Rekognition itself), never over HTTP
+        from labeler.logic.s3_entries import label_s3_entry
+
+        return label_s3_entry(services, entry, timings, deadline)
     started = time.perf_counter()
     fetched = _fetch(services, entry.url, memo, deadline)
     timings.mark("download", started)
@@ -567,7 +578,10 @@ def _run_one(
 def _look_ahead(pool: ThreadPoolExecutor, services: Services, manifest: ManifestRef, item: EntryItem) -> Lookahead:
     if isinstance(item, RejectedEntry):  # written optimistically: a 412 makes the writer look
         return Lookahead()
-    memo = pool.submit(services.cache.get_url_memo, item.url) if services.cache is not None else None
+    memo = None
+    # s3:// entries have no URL memo: their cache identity is their version or ETag (logic.s3_entries).
+    if services.cache is not None and not is_s3_url(item.url):
+        memo = pool.submit(services.cache.get_url_memo, item.url)
     return Lookahead(head_future=pool.submit(services.store.head, entry_key(manifest, item)), memo_future=memo)
 
 

@@ -50,6 +50,9 @@ _RESERVED_SUFFIXES = ("-s3alias", "--ol-s3", ".mrap", "--x-s3", "--table-s3")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 Route = Literal["s3object", "download"]
+# DetectLabels' answers to an Image.S3Object it could not take as it is (another region, an object it cannot
+# read, bytes that are not what their header says): the entry is then read and converted, once.
+S3OBJECT_REFUSALS = frozenset({"InvalidS3ObjectException", "InvalidImageFormatException", "ImageTooLargeException"})
 
 
 @dataclass(frozen=True)
@@ -72,7 +75,7 @@ class S3ObjectRef:
         return {"S3Object": s3_object}
 
     def get_object_args(self) -> dict[str, str]:
-        """``GetObject``/``HeadObject`` arguments for this object (download-and-convert path, identity)."""
+        """``GetObject`` arguments for this object (the first read, the download-and-convert path)."""
         args = {"Bucket": self.bucket, "Key": self.key}
         if self.version_id:
             args["VersionId"] = self.version_id
@@ -131,14 +134,26 @@ def parse_s3_url(url: str, version_id: Any = None) -> S3ObjectRef:
     return S3ObjectRef(bucket=bucket, key=key, version_id=_version(version_id))
 
 
-def _version(value: Any) -> str | None:
+def version_problem(value: Any) -> str | None:
+    """Why ``value`` cannot be an entry's ``versionId`` (None: it can, or it is absent).
+
+    >>> version_problem("3HL4kqtJvjVBH40Nrjfkd") is None, version_problem(7)
+    (True, "versionId must be a non-empty string, not '7'")
+    """
     if value is None:
         return None
     if not isinstance(value, str) or not value.strip():
-        raise InvalidUrl(f"versionId must be a non-empty string, not {str(value)[:50]!r}")
+        return f"versionId must be a non-empty string, not {str(value)[:50]!r}"
     if len(value) > MAX_VERSION_ID_CHARS or _CONTROL.search(value):
-        raise InvalidUrl("versionId is not an S3 version id (too long or control characters)")
-    return value
+        return "versionId is not an S3 version id (too long or control characters)"
+    return None
+
+
+def _version(value: Any) -> str | None:
+    problem = version_problem(value)
+    if problem:
+        raise InvalidUrl(problem)
+    return str(value) if value is not None else None
 
 
 def check_source_allowed(ref: S3ObjectRef, allowed: Collection[str]) -> None:
@@ -156,19 +171,23 @@ def parse_s3_source(url: str, version_id: Any, *, allowed: Collection[str]) -> S
     return ref
 
 
-def s3_object_route(size: int, image_format: str | None, width: int | None, height: int | None) -> Route:
+def s3_object_route(
+    size: int, image_format: str | None, width: int | None, height: int | None, *, as_is: bool = True
+) -> Route:
     """``s3object`` when DetectLabels can read the object as it is, else ``download`` (read, convert, label bytes).
 
-    ``size`` comes from HeadObject; format and sides from sniffing the object's first bytes (a ranged
-    GetObject of 64 KiB holds the JPEG/PNG header). Anything unknown takes the download path, where
-    the usual checks give the usual error codes (``image_too_small``, ``unsupported_image``, ...).
+    ``size``, format and sides come from the object's first read (a ranged GetObject of 128 KiB: its
+    ``Content-Range`` and the JPEG/PNG header); ``as_is`` False (a CMYK JPEG, a 16-bit PNG, a PNG with an
+    EXIF orientation: :class:`~labeler.adapters.image_header.ImageHeader`) takes the download path too.
+    Anything unknown takes the download path, where the usual checks give the usual error codes
+    (``image_too_small``, ``unsupported_image``, ...).
 
     >>> s3_object_route(2_000_000, "jpeg", 4000, 3000), s3_object_route(2_000_000, "webp", 4000, 3000)
     ('s3object', 'download')
     >>> s3_object_route(20_000_000, "png", 4000, 3000), s3_object_route(2_000, "png", 60, 60)
     ('download', 'download')
     """
-    if image_format not in REKOGNITION_FORMATS or width is None or height is None:
+    if image_format not in REKOGNITION_FORMATS or width is None or height is None or not as_is:
         return "download"
     if size > REKOGNITION_S3_MAX_BYTES:
         return "download"  # the download path downscales (or refuses above MAX_IMAGE_BYTES)
@@ -180,7 +199,7 @@ def s3_object_route(size: int, image_format: str | None, width: int | None, heig
 def source_identity(ref: S3ObjectRef, *, version_id: str | None = None, etag: str | None = None) -> str:
     """What the label cache remembers the object by: ``s3://b/k?versionId=…`` or, unversioned, ``s3://b/k#etag=…``.
 
-    ``version_id``/``etag`` come from HeadObject (the entry's own versionId wins). A version never
+    ``version_id``/``etag`` come from the object's first read (the entry's own versionId wins). A version never
     changes; an ETag changes with the content, so the same identity means the same labels.
 
     >>> source_identity(S3ObjectRef("b1-photos", "a.jpg"), etag='"9b2cf535f27731c974343645a3985328"')

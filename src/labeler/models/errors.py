@@ -32,6 +32,8 @@ class ErrorCode(StrEnum):
     REDIRECT_LOOP = "redirect_loop"
     # an s3:// entry naming a bucket outside SOURCE_BUCKETS
     SOURCE_NOT_ALLOWED = "source_not_allowed"
+    # an s3:// entry whose object (or version) does not exist, is refused, archived or cannot be read now
+    SOURCE_UNREADABLE = "source_unreadable"
     TOO_LARGE = "too_large"
     EMPTY_BODY = "empty_body"
     # image content
@@ -218,6 +220,13 @@ class SourceNotAllowed(LabelerError):
     """An ``s3://bucket/key`` entry names a bucket outside ``SOURCE_BUCKETS``: nothing is read from it."""
 
     code = ErrorCode.SOURCE_NOT_ALLOWED
+
+
+class SourceUnreadable(LabelerError):
+    """An ``s3://bucket/key`` entry's object cannot be read: no such key or version, access denied, archived,
+    changed while it was read, or S3 kept failing (``aws_code`` holds S3's answer)."""
+
+    code = ErrorCode.SOURCE_UNREADABLE
 
 
 def _leaf_classes(base: type[LabelerError]) -> list[type[LabelerError]]:

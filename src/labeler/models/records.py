@@ -119,12 +119,17 @@ class ManifestRef:
 
 @dataclass(frozen=True)
 class ManifestEntry:
-    """One image to label: its position in the manifest, its id and its URL."""
+    """One image to label: its position in the manifest, its id and its URL.
+
+    ``version_id`` is the entry's ``"versionId"``: the S3 object version an ``s3://`` entry names (None:
+    the current version).
+    """
 
     index: int
     image_id: str
     url: str
     id_given: bool = True
+    version_id: str | None = None
 
 
 @dataclass(frozen=True)

@@ -59,6 +59,21 @@ class DetectsWithOptions(Protocol):
     def detect(self, image: bytes, options: LabelOptions, deadline: float | None = None) -> LabelResult: ...
 
 
+@runtime_checkable
+class DetectsS3Objects(Protocol):
+    """A backend that can label an object in S3 without the caller reading it (DetectLabels' ``Image.S3Object``).
+
+    Rekognition does; the offline backend does not (``s3://`` entries are then read and converted).
+    ``s3_object`` is ``{"Bucket", "Name"[, "Version"]}``.
+    """
+
+    name: str
+
+    def detect_s3_object(
+        self, s3_object: Mapping[str, str], options: LabelOptions, deadline: float | None = None
+    ) -> LabelResult: ...
+
+
 def result_from_response(response: Mapping[str, Any], backend: str) -> LabelResult:
     """A DetectLabels response as a :class:`LabelResult` (``ImageProperties``, when present, in ``extra``).
 

@@ -18,7 +18,7 @@ from __future__ import annotations
 import random
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -114,13 +114,23 @@ class RekognitionBackend:
     def detect_labels(
         self, image: bytes, *, min_confidence: float, max_labels: int, deadline: float | None = None
     ) -> LabelResult:
-        return self._request(image, {"MinConfidence": float(min_confidence), "MaxLabels": int(max_labels)}, deadline)
+        params = {"MinConfidence": float(min_confidence), "MaxLabels": int(max_labels)}
+        return self._request({"Bytes": image}, params, deadline)
 
     def detect(self, image: bytes, options: LabelOptions, deadline: float | None = None) -> LabelResult:
         """DetectLabels with every option (``options.request_params()``); ``ImageProperties`` in ``result.extra``."""
-        return self._request(image, options.request_params(), deadline)
+        return self._request({"Bytes": image}, options.request_params(), deadline)
 
-    def _request(self, image: bytes, params: dict[str, Any], deadline: float | None) -> LabelResult:
+    def detect_s3_object(
+        self, s3_object: Mapping[str, str], options: LabelOptions, deadline: float | None = None
+    ) -> LabelResult:
+        """DetectLabels on ``Image.S3Object`` (``Bucket``, ``Name``, ``Version``): Rekognition reads the object itself,
+        with this function's permissions, from a bucket in its own region. The same limiter, retries, deadline and
+        options as the bytes call; a refusal is :class:`LabelingFailed` with ``aws_code``
+        (``InvalidS3ObjectException`` when it cannot read the object)."""
+        return self._request({"S3Object": dict(s3_object)}, options.request_params(), deadline)
+
+    def _request(self, image: dict[str, Any], params: dict[str, Any], deadline: float | None) -> LabelResult:
         from botocore.exceptions import ClientError
 
         latest_start = None if deadline is None else deadline - self.retry.min_attempt_seconds
@@ -136,7 +146,7 @@ class RekognitionBackend:
             self._pending.slot = (slot, latest_start)
             try:
                 client = self._client_for(deadline, self._clock() if slot is None else slot)
-                response = client.detect_labels(Image={"Bytes": image}, **params)
+                response = client.detect_labels(Image=image, **params)
             except ClientError as exc:
                 if not _retryable(exc):
                     code = _code(exc)
