@@ -689,41 +689,6 @@ def test_concurrent_calls_give_the_same_results() -> None:
     assert [results[i] for i in range(len(threads))] == expected * 4
 
 
-def test_memory_budget_makes_big_decodes_wait_their_turn() -> None:
-    budget = images_module._MemoryBudget(capacity=100, small=10)
-    order: list[str] = []
-    first_holding, release_first = threading.Event(), threading.Event()
-
-    def hold(name: str, amount: int, holding: threading.Event | None = None, release: threading.Event | None = None):
-        with budget.reserve(amount):
-            order.append(f"{name} in")
-            if holding:
-                holding.set()
-            if release:
-                release.wait(5)
-            order.append(f"{name} out")
-
-    first = threading.Thread(target=hold, args=("first", 60, first_holding, release_first))
-    first.start()
-    first_holding.wait(5)
-    waiting = []
-    for name, amount in (("second", 60), ("huge", 500), ("third", 30)):  # queued in this order
-        waiting.append(threading.Thread(target=hold, args=(name, amount)))
-        waiting[-1].start()
-        deadline = time.monotonic() + 5
-        while len(budget._queue) < len(waiting) and time.monotonic() < deadline:
-            time.sleep(0.005)
-    with budget.reserve(5):  # small reservations are not queued
-        order.append("small")
-    assert order == ["first in", "small"]  # 60 + 60 > 100: the second one waits, and the others behind it
-    release_first.set()
-    for thread in [first, *waiting]:
-        thread.join(5)
-    # First come, first served: "third" would fit beside "second", but waits behind "huge", which runs alone.
-    assert order[2:] == ["first out", "second in", "second out", "huge in", "huge out", "third in", "third out"]
-    assert budget.used == 0
-
-
 def test_importing_the_module_does_not_import_pillow() -> None:
     code = "import labeler.adapters.images, sys; assert 'PIL' not in sys.modules, 'PIL imported'"
     subprocess.run([sys.executable, "-c", code], cwd=ROOT, check=True, timeout=60)
