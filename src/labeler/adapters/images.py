@@ -46,11 +46,12 @@ import io
 import math
 import re
 import struct
+import weakref
 import zlib
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from labeler.adapters.memory import process_budget, reserve_memory, set_memory_budget
+from labeler.adapters.memory import Reservation, process_budget, reserve_memory, set_memory_budget
 from labeler.models.errors import (
     CorruptImage,
     DecompressionBomb,
@@ -122,6 +123,8 @@ class PreparedImage:
     height: int
     converted: bool  # data is not the original bytes
     downscaled: bool
+    memory: Reservation | None = field(default=None, repr=False, compare=False)
+    """Converted bytes' share of the image memory budget (like a body's), released when this is dropped."""
 
 
 @dataclass(frozen=True)
@@ -327,8 +330,8 @@ def _prepare(data: bytes, kind: str, limits: _Limits) -> PreparedImage:
                 converted=False,
                 downscaled=False,
             )
-        out, out_size = _convert(image, kind, target, limits)
-    return PreparedImage(
+        out, out_size, held = _convert(image, kind, target, limits)
+    prepared = PreparedImage(
         data=out,
         content_type="image/jpeg",
         source_format=kind,
@@ -338,7 +341,10 @@ def _prepare(data: bytes, kind: str, limits: _Limits) -> PreparedImage:
         height=out_size[1],
         converted=True,
         downscaled=out_size[0] * out_size[1] < width * height,
+        memory=held,
     )
+    weakref.finalize(prepared, held.release)
+    return prepared
 
 
 def _check_header(width: int, height: int, kind: str, limits: _Limits) -> None:
@@ -425,6 +431,8 @@ _RGBA_BYTES = 4
 # beside the image it fills: 12 bytes per pixel more while it decodes, and 8 until the file is dropped.
 _WEBP_DECODER_BYTES = 12
 _ENCODED_BYTES_PER_PIXEL = 1  # a JPEG's bytes while it is encoded (quality 90 of a noisy photo: ~0.8)
+# A JPEG over this many pixels that must shrink is decoded at down to half the size that fits (_draft_request).
+_HALF_FIT_PIXELS = 8_000_000
 
 
 def _decode_cost(image: Image.Image, width: int, height: int) -> int:
@@ -462,10 +470,9 @@ def _conversion_cost(image: Image.Image, width: int, height: int, target: tuple[
 
 
 def request_memory(prepared: PreparedImage) -> int:
-    """What a DetectLabels request holds beside the downloaded body: base64, JSON and encoded copies of the
-    bytes it sends (about 4 × their size at once), and the converted bytes themselves when they are new."""
-    copies = 4 * len(prepared.data)
-    return copies + len(prepared.data) if prepared.converted else copies
+    """What a DetectLabels request holds beside the bytes it sends (held already, as a body or converted
+    bytes): their base64, JSON and encoded copies, about 4 × their size at once."""
+    return 4 * len(prepared.data)
 
 
 _PNG_DEPTHS = {0: (1, 2, 4, 8, 16), 2: (8, 16), 3: (1, 2, 4, 8), 4: (8, 16), 6: (8, 16)}
@@ -577,12 +584,19 @@ def _inflate_idat(inflater: zlib._Decompress, payload: memoryview, rows: _RowChe
 _ORIENTATION_TAG = 0x0112
 
 
-def _convert(image: Image.Image, kind: str, target: tuple[int, int], limits: _Limits) -> tuple[bytes, tuple[int, int]]:
-    """Decode (at reduced DCT scale for a JPEG), normalise, downscale, orient, flatten; encode to fit."""
+def _convert(
+    image: Image.Image, kind: str, target: tuple[int, int], limits: _Limits
+) -> tuple[bytes, tuple[int, int], Reservation]:
+    """Decode (at reduced DCT scale for a JPEG), normalise, downscale, orient, flatten; encode to fit.
+
+    The encoded bytes outlive the step: they stay in the budget, held like a body, until they are dropped.
+    """
 
     width, height = image.size
     if kind == "jpeg" and target != (width, height):
-        image.draft(None, target)  # libjpeg scales by 1/2, 1/4 or 1/8 while staying ≥ target
+        image.draft(None, _draft_request(width * height, target, limits))
+        if image.size[0] < target[0] or image.size[1] < target[1]:  # decoded under the fitting size: keep it
+            target = image.size
     with process_budget().reserve(_conversion_cost(image, width, height, target)):
         image.load()
         orientation = _orientation(image)
@@ -593,9 +607,29 @@ def _convert(image: Image.Image, kind: str, target: tuple[int, int], limits: _Li
         if orientation in _TRANSPOSE:
             work = _replace(work, work.transpose(_TRANSPOSE[orientation]))
         try:
-            return _encode_to_fit(work, _matching_icc(icc, work.mode), limits)
+            out, size = _encode_to_fit(work, _matching_icc(icc, work.mode), limits)
         finally:
             work.close()
+        return out, size, process_budget().hold_body(len(out))  # granted at once: this thread is working
+
+
+def _draft_request(pixels: int, target: tuple[int, int], limits: _Limits) -> tuple[int, int]:
+    """The smallest size to decode a JPEG of ``pixels`` that must shrink to ``target``.
+
+    libjpeg scales by 1/2, 1/4 or 1/8 while decoding, and Pillow picks the smallest scale that stays at
+    or above the size asked for. For a large image (over ``_HALF_FIT_PIXELS``) that is half the size that
+    fits (never under the minimum side): asking for exactly the size that fits would decode a
+    12,000-px-wide photo whole (48 MB, plus ~40 MB to resample it), asking for half decodes it at 1/2
+    (6,000 px, 12 MB, nothing to resample). DetectLabels still gets at least half its maximum side.
+
+    >>> limits = _Limits(5 << 20, 80, 10_000, 40_000_000)
+    >>> _draft_request(12_000_000, (10_000, 833), limits), _draft_request(60_000, (250, 167), limits)
+    ((5000, 417), (250, 167))
+    """
+    if pixels <= _HALF_FIT_PIXELS:
+        return target
+    scale = min(1.0, max(0.5, limits.min_side / min(target)))
+    return math.ceil(target[0] * scale), math.ceil(target[1] * scale)
 
 
 def _resize(image: Image.Image, target: tuple[int, int]) -> Image.Image:
