@@ -46,6 +46,7 @@ import io
 import math
 import re
 import struct
+import threading
 import weakref
 import zlib
 from dataclasses import dataclass, field
@@ -300,6 +301,21 @@ def prepare_image(
         raise InternalError("out of memory while decoding the image") from exc
     except Exception as exc:  # any Pillow/codec failure on crafted or damaged input
         raise CorruptImage(f"the {kind.upper()} image cannot be decoded: {_short(exc)}", format=kind) from exc
+
+
+def load_decoders_in_background() -> None:
+    """Import Pillow and its common decoders (JPEG, PNG, GIF, BMP) in a daemon thread.
+
+    The composition root calls this once per container: the ~20 ms then overlap with the first
+    invocation's first network round trips instead of delaying its first image.
+    """
+
+    def load() -> None:
+        from PIL import Image
+
+        Image.preinit()
+
+    threading.Thread(target=load, name="load-decoders", daemon=True).start()
 
 
 def _short(exc: BaseException) -> str:

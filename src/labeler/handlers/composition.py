@@ -49,6 +49,7 @@ def build_backend(settings: Settings) -> LabelBackend:
 
 def build_services(settings: Settings) -> Services:
     """Wire S3, the safe fetcher, the label backend and the cache for ``settings``."""
+    from labeler.adapters.images import load_decoders_in_background
     from labeler.adapters.memory import budget_megabytes, set_memory_budget
 
     set_memory_budget(budget_megabytes(settings.image_memory_mb, settings.aws_lambda_function_memory_size))
@@ -79,6 +80,7 @@ def build_services(settings: Settings) -> Services:
             current_model_version=lambda: getattr(backend, "model_version", None),
             writer=ThreadPoolExecutor(max_workers=4, thread_name_prefix="cache-write"),
         )
+    load_decoders_in_background()  # after the clients (CPU-bound too): while the first requests wait on the network
     return Services(
         settings=settings,
         store=store,
