@@ -102,59 +102,67 @@ def test_bodies_never_take_more_than_their_share() -> None:
     assert budget.used == 0
 
 
+class Turns:
+    """Threads that each take a work reservation and write down when they get in (with the work then held)
+    and out; the one started with ``hold=True`` keeps its reservation until :meth:`let_go`."""
+
+    def __init__(self, budget: MemoryBudget) -> None:
+        self.budget = budget
+        self.log: list[str] = []
+        self.threads: list[threading.Thread] = []
+        self._holding, self._release = threading.Event(), threading.Event()
+
+    def start(self, name: str, amount: int, *, hold: bool = False) -> None:
+        def work() -> None:
+            with self.budget.reserve(amount):
+                self.log.append(f"{name} in {self.budget.work_used}")
+                if hold:
+                    self._holding.set()
+                    self._release.wait(WAIT)
+                self.log.append(f"{name} out")
+
+        self.threads.append(threading.Thread(target=work, daemon=True))
+        self.threads[-1].start()
+        if hold:
+            self._holding.wait(WAIT)
+        else:  # queued behind the one holding: wait until it is in line, so the order is the test's
+            wait_until(functools.partial(queued, self.budget, len(self.threads) - 1))
+
+    def let_go(self) -> None:
+        self._release.set()
+        for thread in self.threads:
+            thread.join(WAIT)
+        assert not any(thread.is_alive() for thread in self.threads), "deadlock"
+
+
 def test_work_larger_than_the_budget_proceeds_alone() -> None:
     budget = MemoryBudget(capacity=100, body_share=0.25)
-    order: list[str] = []
-    first_in, let_first_go = threading.Event(), threading.Event()
-
-    def work(name: str, amount: int, holding: threading.Event | None = None) -> None:
-        with budget.reserve(amount):
-            order.append(f"{name} in {budget.work_used}")
-            if holding is not None:
-                holding.set()
-                let_first_go.wait(WAIT)
-            order.append(f"{name} out")
-
-    first = threading.Thread(target=work, args=("first", 60, first_in), daemon=True)
-    first.start()
-    first_in.wait(WAIT)
-    huge = threading.Thread(target=work, args=("huge", 500), daemon=True)
-    huge.start()
-    wait_until(lambda: len(budget._queues["work"]) == 1)
-    let_first_go.set()
-    for thread in (first, huge):
-        thread.join(WAIT)
+    turns = Turns(budget)
+    turns.start("first", 60, hold=True)
+    turns.start("huge", 500)
+    turns.let_go()
     # The huge one waited for the first to finish, then ran with nothing else at work (500 held, alone).
-    assert order == ["first in 60", "first out", "huge in 500", "huge out"]
+    assert turns.log == ["first in 60", "first out", "huge in 500", "huge out"]
     assert budget.used == 0
 
 
 def test_first_come_first_served_even_when_a_later_one_would_fit() -> None:
     budget = MemoryBudget(capacity=100, body_share=0.25)
-    order: list[str] = []
-    first_holding, release_first = threading.Event(), threading.Event()
-
-    def hold(name: str, amount: int, holding: threading.Event | None = None) -> None:
-        with budget.reserve(amount):
-            order.append(f"{name} in")
-            if holding is not None:
-                holding.set()
-                release_first.wait(WAIT)
-            order.append(f"{name} out")
-
-    first = threading.Thread(target=hold, args=("first", 60, first_holding), daemon=True)
-    first.start()
-    first_holding.wait(WAIT)
-    waiting = []
+    turns = Turns(budget)
+    turns.start("first", 60, hold=True)
     for name, amount in (("second", 60), ("huge", 500), ("third", 30)):  # queued in this order
-        waiting.append(threading.Thread(target=hold, args=(name, amount), daemon=True))
-        waiting[-1].start()
-        wait_until(functools.partial(queued, budget, len(waiting)))
-    assert order == ["first in"]  # 60 + 60 > 100; "third" would fit beside "first" but waits its turn
-    release_first.set()
-    for thread in [first, *waiting]:
-        thread.join(WAIT)
-    assert order[1:] == ["first out", "second in", "second out", "huge in", "huge out", "third in", "third out"]
+        turns.start(name, amount)
+    assert turns.log == ["first in 60"]  # 60 + 60 > 100; "third" would fit beside "first" but waits its turn
+    turns.let_go()
+    assert turns.log[1:] == [
+        "first out",
+        "second in 60",
+        "second out",
+        "huge in 500",
+        "huge out",
+        "third in 30",
+        "third out",
+    ]
     assert budget.used == 0
 
 
@@ -175,19 +183,6 @@ def test_threads_holding_bodies_all_get_their_work_done() -> None:
     assert sorted(done) == [0, 1, 2, 3, 4]
     assert budget.peak <= 130  # the bodies (50) and one work (80) at a time
     assert budget.used == 0
-
-
-def test_a_body_larger_than_the_share_waits_for_the_other_bodies_then_proceeds() -> None:
-    budget = MemoryBudget(capacity=100, body_share=0.25)
-    small = held_elsewhere(budget, 10)
-    got: list[int] = []
-    big = threading.Thread(target=lambda: got.append(budget.hold_body(60).amount), daemon=True)
-    big.start()
-    time.sleep(0.05)
-    assert got == []  # 10 + 25 (its share, at most) > 25
-    small.release()
-    big.join(WAIT)
-    assert got == [60] and budget.body_used == 60
 
 
 def test_a_thread_holding_work_is_never_made_to_wait() -> None:
@@ -231,16 +226,25 @@ def test_reservations_shrink_grow_and_release_once() -> None:
     assert budget.used == budget.body_used == 0
 
 
-def test_a_released_reservation_lets_the_next_waiter_in() -> None:
+@pytest.mark.parametrize(
+    ("held", "wanted"),
+    [
+        (25, 20),  # the body share (25) is full: the next body waits for one to be released
+        (10, 60),  # larger than the whole share: it waits until no other body is held, then proceeds
+    ],
+)
+def test_a_body_that_does_not_fit_waits_until_one_is_released(held: int, wanted: int) -> None:
     budget = MemoryBudget(capacity=100, body_share=0.25)
-    first = held_elsewhere(budget, 25)
+    first = held_elsewhere(budget, held)
     result: list[int] = []
-    waiter = threading.Thread(target=lambda: result.append(budget.hold_body(20).amount), daemon=True)
+    waiter = threading.Thread(target=lambda: result.append(budget.hold_body(wanted).amount), daemon=True)
     waiter.start()
     wait_until(lambda: len(budget._queues["body"]) == 1)
+    time.sleep(0.02)
+    assert result == []
     first.release()
     waiter.join(WAIT)
-    assert result == [20]
+    assert result == [wanted] and budget.body_used == wanted
 
 
 @pytest.mark.parametrize(
