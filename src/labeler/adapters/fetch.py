@@ -326,9 +326,10 @@ class _BodyMemory:
         """Hold ``amount`` in all, now; raises :class:`_NeedMemory` when the budget cannot give it at once."""
         if self.reservation is None:
             self.reservation = self.budget.try_hold_body(amount)
-        elif not self.reservation.try_grow_to(amount):
-            raise _NeedMemory(amount)
-        if self.reservation is None:
+            granted = self.reservation is not None
+        else:
+            granted = self.reservation.try_grow_to(amount)
+        if not granted:
             raise _NeedMemory(amount)
 
     def wait_for(self, amount: int, until: float | None) -> None:
