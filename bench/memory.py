@@ -31,6 +31,18 @@ def _parent_rss_mb() -> float:
     return float("nan")
 
 
+def _budget_mb(si: StandIns, defaults: dict[str, str]) -> int:
+    """The image memory budget the containers ran with: the template's IMAGE_MEMORY_MB (or the product's
+    default), capped by the function's memory as the product caps it."""
+    from tests.support.template_env import Placeholders
+
+    from labeler.adapters.memory import budget_megabytes
+    from labeler.models.settings import Settings
+
+    setting = int(defaults.get("IMAGE_MEMORY_MB") or Settings.__dataclass_fields__["image_memory_mb"].default)
+    return budget_megabytes(setting, si.template.function("ManifestFunction", Placeholders()).memory_mb)
+
+
 def _entries(si: StandIns, mix: list[Any], count: int, prefix: str) -> list[dict[str, Any]]:
     return [
         {
@@ -121,7 +133,7 @@ def bench_memory(si: StandIns, *, worker_images: int, label_s: float, variant_im
                 "worker_entries": worker_images,
                 "worker_invocations": worker["invocations"],
                 "max_workers": defaults.get("MAX_WORKERS"),
-                "image_memory_mb": defaults.get("IMAGE_MEMORY_MB", "(product default)"),
+                "image_memory_mb": _budget_mb(si, defaults),
                 "label_latency_s": label_s,
                 "quota_tps": quota,
                 "mix": [

@@ -26,6 +26,7 @@ from typing import Any
 import pytest
 
 from labeler.adapters.fetch import FetchedImage, FetchPolicy, ImageFetcher, NotModified, Validators, check_port
+from labeler.adapters.memory import MemoryBudget, Reservation
 from labeler.adapters.netguard import AddressPolicy, IPAddress
 from labeler.local.http_server import LoopbackServer, StaticRoute
 from labeler.models.errors import (
@@ -37,6 +38,7 @@ from labeler.models.errors import (
     HttpStatusError,
     ImageTooLarge,
     LabelerError,
+    OutOfTime,
     RedirectLoop,
     TooManyRedirects,
     UnsupportedScheme,
@@ -848,3 +850,85 @@ def test_the_server_knows_its_port_only_once_started() -> None:
     with server:
         assert server.start() is server  # starting twice is harmless too
         assert server.url("/x") == f"http://127.0.0.1:{server.port}/x"
+
+
+# --- the body's share of the image memory budget -------------------------------------------------------
+def budgeted_fetcher(budget: MemoryBudget) -> ImageFetcher:
+    return ImageFetcher(FetchPolicy(timeout_seconds=5.0, allow_private_networks=True), memory=budget)
+
+
+def test_a_body_holds_its_bytes_in_the_budget_until_the_image_is_dropped(site: Site) -> None:
+    budget = MemoryBudget(capacity=64 * 1024 * 1024)
+    fetcher = budgeted_fetcher(budget)
+    try:
+        fetched = fetcher.fetch(site.url("/photo.jpg"))
+        assert isinstance(fetched, FetchedImage)
+        assert budget.body_used == len(fetched.body) == len(images.jpeg())
+        del fetched
+        gc.collect()
+        assert budget.used == 0
+        assert isinstance(fetcher.fetch(site.url("/photo.jpg"), Validators(etag=site_etag(site))), NotModified)
+        assert budget.used == 0  # a 304 holds nothing
+    finally:
+        fetcher.close()
+
+
+def site_etag(site: Site) -> str | None:
+    probe = make_fetcher()
+    try:
+        first = probe.fetch(site.url("/photo.jpg"))
+        assert isinstance(first, FetchedImage)
+        return first.etag
+    finally:
+        probe.close()
+
+
+def test_a_body_of_unknown_length_holds_what_it_turns_out_to_be(site: Site) -> None:
+    budget = MemoryBudget(capacity=64 * 1024 * 1024)
+    fetcher = budgeted_fetcher(budget)
+    try:
+        fetched = fetcher.fetch(site.url("/chunked-photo.jpg"))
+        assert isinstance(fetched, FetchedImage) and budget.body_used == len(fetched.body)
+    finally:
+        fetcher.close()
+
+
+def test_a_body_that_does_not_fit_waits_for_memory_then_asks_again(site: Site) -> None:
+    """The first answer is closed unread, the fetch waits (its deadline not running), then asks again."""
+    size = len(images.jpeg())
+    budget = MemoryBudget(capacity=4 * size, body_share=0.25)  # room for one photo's body
+    blocker: list[Reservation] = []
+    holder = threading.Thread(target=lambda: blocker.append(budget.hold_body(size)), daemon=True)
+    holder.start()
+    holder.join(5)
+    fetcher = ImageFetcher(FetchPolicy(timeout_seconds=0.5, allow_private_networks=True), memory=budget)
+    try:
+        got: list[object] = []
+        waiting = threading.Thread(target=lambda: got.append(fetcher.fetch(site.url("/photo.jpg"))), daemon=True)
+        waiting.start()
+        deadline = time.monotonic() + 5
+        while not budget._queues["body"] and time.monotonic() < deadline:
+            time.sleep(0.01)
+        time.sleep(0.8)  # longer than the fetch's own deadline: waiting for memory is not downloading
+        assert got == [] and site.hits("/photo.jpg") == 1
+        blocker[0].release()
+        waiting.join(5)
+        assert isinstance(got[0], FetchedImage) and got[0].body == images.jpeg()
+        assert site.hits("/photo.jpg") == 2
+    finally:
+        fetcher.close()
+
+
+def test_a_wait_for_memory_ends_at_the_callers_deadline(site: Site) -> None:
+    budget = MemoryBudget(capacity=1024, body_share=0.5)
+    holder = threading.Thread(target=lambda: budget.hold_body(512), daemon=True)  # never released
+    holder.start()
+    holder.join(5)
+    fetcher = budgeted_fetcher(budget)
+    try:
+        error, took = elapsed(lambda: fetcher.fetch(site.url("/photo.jpg"), memory_wait_until=time.monotonic() + 0.3))
+        assert isinstance(error, OutOfTime)
+        assert 0.2 < took < SLACK
+        assert budget.used == 512 and not budget._queues["body"]
+    finally:
+        fetcher.close()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import io
 import json
 import random
@@ -614,16 +615,20 @@ MEASURE = textwrap.dedent(
             return next(int(line.split()[1]) for line in lines if line.startswith(field + ":"))
 
     data = open(sys.argv[1], "rb").read()
+    limits = json.loads(sys.argv[2])
     with open("/proc/self/clear_refs", "w") as clear:
         clear.write("5")  # reset the peak to the current RSS
     before = status("VmRSS")
     started = time.perf_counter()
     try:
-        result = "ok:" + str(prepare_image(data).converted)
+        prepared = prepare_image(data, **limits)
+        result = "ok:" + str(prepared.converted)
+        size = [prepared.width, prepared.height]
     except LabelerError as exc:
         result = str(exc.code)
     print(json.dumps({
         "result": result,
+        "size": locals().get("size"),
         "seconds": time.perf_counter() - started,
         "grew_mb": (status("VmHWM") - before) / 1024,
     }))
@@ -631,13 +636,18 @@ MEASURE = textwrap.dedent(
 )
 
 
-def measure(tmp_path: Path, data: bytes) -> dict[str, object]:
+def measure(tmp_path: Path, data: bytes, **limits: int) -> dict[str, object]:
     if not Path("/proc/self/clear_refs").exists():
         pytest.skip("measuring the peak RSS needs Linux /proc")
     path = tmp_path / "input"
     path.write_bytes(data)
     run = subprocess.run(
-        [sys.executable, "-c", MEASURE, str(path)], capture_output=True, text=True, cwd=ROOT, check=True, timeout=60
+        [sys.executable, "-c", MEASURE, str(path), json.dumps(limits)],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        check=True,
+        timeout=60,
     )
     return json.loads(run.stdout)
 
@@ -672,6 +682,34 @@ def test_full_decode_would_be_measured(tmp_path: Path) -> None:
     assert report["grew_mb"] > 30, report
 
 
+def test_a_large_jpeg_that_must_shrink_is_decoded_at_a_reduced_scale(tmp_path: Path) -> None:
+    """9 Mpx over a 2,500-px limit: decoded at 1/2 (1,500 px, ~9 MB), not whole (36 MB) and then resampled."""
+    report = measure(tmp_path, encode(gradient(3000, 3000), "JPEG", quality=90), max_side=2500)
+    assert report["result"] == "ok:True"
+    assert report["size"] == [1500, 1500]
+    assert report["grew_mb"] < 20, report
+
+
+def test_a_resize_on_both_axes_holds_one_intermediate_at_a_time(tmp_path: Path) -> None:
+    """A 24-MB PNG canvas resized on both axes: the source and one pass (44 MB), never source, pass and result (61)."""
+    report = measure(tmp_path, encode(gradient(3000, 2000), "PNG"), max_side=2500)
+    assert report["result"] == "ok:True"
+    assert report["size"] == [2500, 1667]
+    assert report["grew_mb"] < 50, report
+
+
+def test_converted_bytes_are_held_in_the_memory_budget_until_dropped() -> None:
+    budget = images_module.process_budget()
+    before = budget.body_used
+    prepared = prepare_image(samples.webp())
+    assert prepared.converted and prepared.memory is not None
+    assert budget.body_used - before == len(prepared.data)
+    assert images_module.request_memory(prepared) == 4 * len(prepared.data)
+    del prepared
+    gc.collect()
+    assert budget.body_used == before
+
+
 def test_concurrent_calls_give_the_same_results() -> None:
     inputs = [samples.jpeg(), samples.png(), samples.webp(), samples.gif(), samples.tiff(), samples.truncated_jpeg()]
     inputs += [noise_png(600, 400), samples.tiny_png()]
@@ -687,41 +725,6 @@ def test_concurrent_calls_give_the_same_results() -> None:
     for thread in threads:
         thread.join()
     assert [results[i] for i in range(len(threads))] == expected * 4
-
-
-def test_memory_budget_makes_big_decodes_wait_their_turn() -> None:
-    budget = images_module._MemoryBudget(capacity=100, small=10)
-    order: list[str] = []
-    first_holding, release_first = threading.Event(), threading.Event()
-
-    def hold(name: str, amount: int, holding: threading.Event | None = None, release: threading.Event | None = None):
-        with budget.reserve(amount):
-            order.append(f"{name} in")
-            if holding:
-                holding.set()
-            if release:
-                release.wait(5)
-            order.append(f"{name} out")
-
-    first = threading.Thread(target=hold, args=("first", 60, first_holding, release_first))
-    first.start()
-    first_holding.wait(5)
-    waiting = []
-    for name, amount in (("second", 60), ("huge", 500), ("third", 30)):  # queued in this order
-        waiting.append(threading.Thread(target=hold, args=(name, amount)))
-        waiting[-1].start()
-        deadline = time.monotonic() + 5
-        while len(budget._queue) < len(waiting) and time.monotonic() < deadline:
-            time.sleep(0.005)
-    with budget.reserve(5):  # small reservations are not queued
-        order.append("small")
-    assert order == ["first in", "small"]  # 60 + 60 > 100: the second one waits, and the others behind it
-    release_first.set()
-    for thread in [first, *waiting]:
-        thread.join(5)
-    # First come, first served: "third" would fit beside "second", but waits behind "huge", which runs alone.
-    assert order[2:] == ["first out", "second in", "second out", "huge in", "huge out", "third in", "third out"]
-    assert budget.used == 0
 
 
 def test_importing_the_module_does_not_import_pillow() -> None:

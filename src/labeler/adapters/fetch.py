@@ -16,6 +16,13 @@ The whole fetch (DNS, connect, every redirect, headers, body) shares one deadlin
 chunks and never buffered beyond ``max_bytes`` (+ one chunk); they are returned exactly as sent
 (``Content-Encoding`` is not undone: we ask for ``identity`` and check the bytes ourselves).
 
+A body's bytes are held in the process-wide image memory budget (:mod:`labeler.adapters.memory`)
+from before its first byte is read until the :class:`FetchedImage` is dropped: the declared
+``Content-Length``, or 1 MiB and then twice as much each time a body of unknown length outgrows it.
+When the budget cannot hold it at once, the response is closed, the fetch waits for the memory (never
+past ``memory_wait_until``: :class:`~labeler.models.errors.OutOfTime`) and asks again; the download's
+own deadline does not run while it waits.
+
 Every network failure becomes a :class:`~labeler.models.errors.LabelerError` subclass.
 
 >>> fetcher = ImageFetcher(FetchPolicy(timeout_seconds=5))            # doctest: +SKIP
@@ -30,16 +37,18 @@ import contextlib
 import dataclasses
 import heapq
 import http.client
+import io
 import itertools
 import socket
 import ssl
 import threading
 import time
+import weakref
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urljoin
 
@@ -54,6 +63,7 @@ from urllib3.exceptions import (
 from urllib3.exceptions import HTTPError as Urllib3Error
 from urllib3.exceptions import TimeoutError as Urllib3Timeout
 
+from labeler.adapters.memory import MemoryBudget, MemoryWaitTimeout, Reservation, process_budget
 from labeler.adapters.netguard import AddressPolicy, IPAddress, Target, parse_target
 from labeler.models.errors import (
     BlockedAddress,
@@ -64,6 +74,7 @@ from labeler.models.errors import (
     HttpStatusError,
     ImageTooLarge,
     LabelerError,
+    OutOfTime,
     RedirectLoop,
     TooManyRedirects,
 )
@@ -80,6 +91,7 @@ DISCARD_SECONDS = 1.0  # at most this long reading such a body, then the connect
 MAX_POOLS = 64  # distinct (scheme, address, port, host) kept alive
 POOL_MAXSIZE = 16  # connections kept per pool: one per worker thread
 RESOLVER_THREADS = 8
+UNKNOWN_LENGTH_HOLD = 1024 * 1024  # budget held first for a body without Content-Length (doubled as it grows)
 
 
 @dataclass(frozen=True)
@@ -102,6 +114,8 @@ class FetchedImage:
     last_modified: str | None
     redirects: tuple[str, ...] = ()
     """Each URL that answered with a redirect, in order (``redirects + (final_url,)`` is the whole chain)."""
+    memory: Reservation | None = field(default=None, repr=False, compare=False)
+    """The body's share of the image memory budget, released when this object is dropped."""
 
 
 @dataclass(frozen=True)
@@ -289,6 +303,60 @@ class _CannotConnect(Exception):
     """One address refused the connection (or could not be reached); the next one may be tried."""
 
 
+class _NeedMemory(Exception):
+    """The body needs more of the memory budget than it can have now: wait for it, then ask again."""
+
+    def __init__(self, amount: int) -> None:
+        super().__init__(amount)
+        self.amount = amount
+
+
+class _BodyMemory:
+    """The budget reservation for one fetch's body, kept across the attempts of that fetch."""
+
+    def __init__(self, budget: MemoryBudget) -> None:
+        self.budget = budget
+        self.reservation: Reservation | None = None
+
+    @property
+    def held(self) -> int:
+        return self.reservation.amount if self.reservation is not None else 0
+
+    def take(self, amount: int) -> None:
+        """Hold ``amount`` in all, now; raises :class:`_NeedMemory` when the budget cannot give it at once."""
+        if self.reservation is None:
+            self.reservation = self.budget.try_hold_body(amount)
+            granted = self.reservation is not None
+        else:
+            granted = self.reservation.try_grow_to(amount)
+        if not granted:
+            raise _NeedMemory(amount)
+
+    def wait_for(self, amount: int, until: float | None) -> None:
+        """Let go of what is held, then wait for ``amount`` (at most until the ``time.monotonic()`` instant)."""
+        self.release()
+        timeout = None if until is None else until - time.monotonic()
+        try:
+            self.reservation = self.budget.hold_body(amount, timeout=timeout)
+        except MemoryWaitTimeout:
+            raise OutOfTime("the invocation's deadline came while the download waited for image memory") from None
+
+    def keep(self, fetched: FetchedImage) -> FetchedImage:
+        """``fetched`` holding exactly its body's bytes, released when it is dropped."""
+        reservation, self.reservation = self.reservation, None
+        if reservation is None:
+            return fetched
+        reservation.shrink_to(len(fetched.body))
+        kept = dataclasses.replace(fetched, memory=reservation)
+        weakref.finalize(kept, reservation.release)
+        return kept
+
+    def release(self) -> None:
+        reservation, self.reservation = self.reservation, None
+        if reservation is not None:
+            reservation.release()
+
+
 class ImageFetcher:
     """Downloads images under a :class:`FetchPolicy`. Thread-safe: share one instance between workers.
 
@@ -302,9 +370,11 @@ class ImageFetcher:
         resolver: Resolver | None = None,
         *,
         address_policy: AddressPolicy | None = None,
+        memory: MemoryBudget | None = None,
     ) -> None:
         self.policy = policy
         self.address_policy = address_policy or AddressPolicy(policy.allow_private_networks)
+        self.memory = memory or process_budget()
         self._resolver = resolver or system_resolver
         self._lock = threading.Lock()
         self._pools: OrderedDict[_PoolKey, urllib3.HTTPConnectionPool] = OrderedDict()
@@ -317,13 +387,20 @@ class ImageFetcher:
 
     # --- public API ---------------------------------------------------------------------------------
     def fetch(
-        self, url: str, validators: Validators | None = None, *, timeout_seconds: float | None = None
+        self,
+        url: str,
+        validators: Validators | None = None,
+        *,
+        timeout_seconds: float | None = None,
+        memory_wait_until: float | None = None,
     ) -> FetchedImage | NotModified:
         """Download ``url`` (following redirects by hand); raises :class:`LabelerError` subclasses only.
 
         ``timeout_seconds`` replaces the policy's deadline for this fetch (the caller's time is shorter).
+        ``memory_wait_until`` (a ``time.monotonic()`` instant) is the latest a wait for body memory may last:
+        then :class:`~labeler.models.errors.OutOfTime` (the caller's deadline), never a failed download.
         """
-        deadline = _Deadline(self.policy.timeout_seconds if timeout_seconds is None else timeout_seconds)
+        seconds = self.policy.timeout_seconds if timeout_seconds is None else timeout_seconds
         headers = dict(self._headers)
         if validators is not None:
             if validators.etag:
@@ -331,22 +408,51 @@ class ImageFetcher:
             if validators.last_modified:
                 headers["If-Modified-Since"] = validators.last_modified
         target = self._parse(url)
+        memory = _BodyMemory(self.memory)
+        attempt_seconds = seconds
+        try:
+            while True:
+                try:
+                    outcome = self._fetch_within(target, headers, validators is not None, attempt_seconds, memory)
+                except _NeedMemory as need:  # the response was closed: wait for the memory, then ask again
+                    memory.wait_for(need.amount, memory_wait_until)
+                    if memory_wait_until is not None:
+                        attempt_seconds = min(seconds, memory_wait_until - time.monotonic())
+                    continue
+                except DownloadTimeout:
+                    if attempt_seconds < seconds:  # cut short by memory_wait_until: the caller's deadline
+                        raise OutOfTime("the invocation's deadline came during the download") from None
+                    raise
+                break
+        except BaseException:
+            memory.release()
+            raise
+        if isinstance(outcome, FetchedImage):
+            return memory.keep(outcome)
+        memory.release()
+        return outcome
+
+    def _fetch_within(
+        self, target: Target, headers: dict[str, str], conditional: bool, seconds: float, memory: _BodyMemory
+    ) -> FetchedImage | NotModified:
+        """One attempt at the whole chain under one deadline, watched by the watchdog."""
+        deadline = _Deadline(seconds)
         guard = _Guard(deadline.ends)
         _WATCHDOG.watch(guard)
         previous, _local.guard = _current_guard(), guard
         try:
-            return self._fetch_all(target, headers, validators is not None, deadline)
+            return self._fetch_all(target, headers, conditional, deadline, memory)
         finally:
             guard.finish()
             _local.guard = previous
 
     def _fetch_all(
-        self, target: Target, headers: dict[str, str], conditional: bool, deadline: _Deadline
+        self, target: Target, headers: dict[str, str], conditional: bool, deadline: _Deadline, memory: _BodyMemory
     ) -> FetchedImage | NotModified:
         visited = [target.url]
         while True:
             try:
-                outcome = self._fetch_hop(target, headers, conditional, deadline)
+                outcome = self._fetch_hop(target, headers, conditional, deadline, memory)
             except LabelerError as exc:
                 if len(visited) > 1:  # say where the redirects led
                     raise type(exc)(f"{exc.message} (redirected to {target.url})", **exc.details) from None
@@ -387,7 +493,7 @@ class ImageFetcher:
         return target
 
     def _fetch_hop(
-        self, target: Target, headers: dict[str, str], conditional: bool, deadline: _Deadline
+        self, target: Target, headers: dict[str, str], conditional: bool, deadline: _Deadline, memory: _BodyMemory
     ) -> FetchedImage | NotModified | str:
         """The answer of one URL: an image, a 304, or the ``Location`` of a redirect (a string)."""
         addresses = self._addresses(target, deadline)
@@ -407,7 +513,7 @@ class ImageFetcher:
             if not 200 <= status < 300:
                 self._discard(response, deadline)
                 raise HttpStatusError(f"HTTP {status} {response.reason or ''}".strip(), status=status)
-            body = self._read_body(response, deadline)
+            body = self._read_body(response, deadline, memory)
             return FetchedImage(
                 body=body,
                 final_url=target.url,
@@ -519,22 +625,27 @@ class ImageFetcher:
         return pool
 
     # --- bodies --------------------------------------------------------------------------------------------
-    def _read_body(self, response: urllib3.BaseHTTPResponse, deadline: _Deadline) -> bytes:
+    def _read_body(self, response: urllib3.BaseHTTPResponse, deadline: _Deadline, memory: _BodyMemory) -> bytes:
         limit = self.policy.max_bytes
         declared = _content_length(response)
         if declared is not None and declared > limit:
             raise ImageTooLarge(f"the server declares {declared} bytes, more than the {limit}-byte limit")
-        body = bytearray()
+        memory.take(declared if declared is not None else min(limit, UNKNOWN_LENGTH_HOLD))
+        body = io.BytesIO()  # getvalue() hands over its buffer: the bytes are never copied
+        size = 0
         while True:
-            chunk = self._read_chunk(response, min(CHUNK_SIZE, limit + 1 - len(body)), deadline, "reading the body")
+            chunk = self._read_chunk(response, min(CHUNK_SIZE, limit + 1 - size), deadline, "reading the body")
             if not chunk:
                 break
-            body += chunk
-            if len(body) > limit:
+            size += len(chunk)
+            if size > limit:
                 raise ImageTooLarge(f"the body is larger than the {limit}-byte limit")
-        if not body:
+            if size > memory.held:  # no Content-Length (or a wrong one): hold twice as much
+                memory.take(min(limit, max(size, 2 * memory.held)))
+            body.write(chunk)
+        if not size:
             raise EmptyBody("the server sent an empty body")
-        return bytes(body)
+        return body.getvalue()
 
     def _read_chunk(self, response: urllib3.BaseHTTPResponse, amount: int, deadline: _Deadline, doing: str) -> bytes:
         remaining = deadline.remaining(doing)

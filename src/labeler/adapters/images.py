@@ -19,10 +19,14 @@ DetectLabels takes JPEG or PNG bytes of at most 5 MB with each side within 80…
    applied, downscaled to fit ``max_side`` (a JPEG is decoded at reduced DCT scale first), then
    the quality and size are lowered in steps until the bytes fit ``max_output_bytes``.
 
-Memory: several entries run concurrently, so every decode that needs real memory first reserves
-an estimate of it from a process-wide budget (setting ``IMAGE_MEMORY_MB``, default 64): big
-conversions wait their turn (first come, first served) instead of exhausting the Lambda's memory;
-one image larger than the whole budget runs alone. Small decodes (under 8 MiB) skip the queue.
+Memory: several entries run concurrently, so every decode first reserves an estimate of the memory
+it will hold at its peak from the process-wide image memory budget (:mod:`labeler.adapters.memory`,
+``IMAGE_MEMORY_MB``), which also holds the downloaded bodies and the copies a DetectLabels request
+makes: big conversions wait their turn instead of exhausting the Lambda's memory; one image larger than
+the whole budget runs alone. Conversions keep their peak low: a JPEG is decoded at the smallest DCT scale
+that still covers the target, every intermediate image is freed as soon as the next one exists (the
+decoded file included), and a resize on both axes is done one axis at a time (the source and one
+intermediate are held, never the source, the intermediate and the result together).
 
 Pillow is imported inside the functions only, so that importing this module (and the handler that
 imports it) stays fast.
@@ -43,13 +47,12 @@ import math
 import re
 import struct
 import threading
+import weakref
 import zlib
-from collections import deque
-from collections.abc import Iterator
-from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from labeler.adapters.memory import Reservation, process_budget, reserve_memory, set_memory_budget
 from labeler.models.errors import (
     CorruptImage,
     DecompressionBomb,
@@ -64,7 +67,15 @@ from labeler.models.errors import (
 if TYPE_CHECKING:
     from PIL import Image
 
-__all__ = ["SUPPORTED_FORMATS", "PreparedImage", "prepare_image", "sniff_format"]
+__all__ = [
+    "SUPPORTED_FORMATS",
+    "PreparedImage",
+    "prepare_image",
+    "request_memory",
+    "reserve_memory",
+    "set_memory_budget",
+    "sniff_format",
+]
 
 #: Formats :func:`prepare_image` accepts (JPEG and PNG may pass through; the others are converted).
 SUPPORTED_FORMATS = ("jpeg", "png", "webp", "gif", "bmp", "tiff")
@@ -113,6 +124,8 @@ class PreparedImage:
     height: int
     converted: bool  # data is not the original bytes
     downscaled: bool
+    memory: Reservation | None = field(default=None, repr=False, compare=False)
+    """Converted bytes' share of the image memory budget (like a body's), released when this is dropped."""
 
 
 @dataclass(frozen=True)
@@ -290,6 +303,21 @@ def prepare_image(
         raise CorruptImage(f"the {kind.upper()} image cannot be decoded: {_short(exc)}", format=kind) from exc
 
 
+def load_decoders_in_background() -> None:
+    """Import Pillow and its common decoders (JPEG, PNG, GIF, BMP) in a daemon thread.
+
+    The composition root calls this once per container: the ~20 ms then overlap with the first
+    invocation's first network round trips instead of delaying its first image.
+    """
+
+    def load() -> None:
+        from PIL import Image
+
+        Image.preinit()
+
+    threading.Thread(target=load, name="load-decoders", daemon=True).start()
+
+
 def _short(exc: BaseException) -> str:
     text = str(exc).strip()
     return f"{type(exc).__name__}: {text}"[:200] if text else type(exc).__name__
@@ -318,8 +346,8 @@ def _prepare(data: bytes, kind: str, limits: _Limits) -> PreparedImage:
                 converted=False,
                 downscaled=False,
             )
-        out, out_size = _convert(image, kind, target, limits)
-    return PreparedImage(
+        out, out_size, held = _convert(image, kind, target, limits)
+    prepared = PreparedImage(
         data=out,
         content_type="image/jpeg",
         source_format=kind,
@@ -329,7 +357,10 @@ def _prepare(data: bytes, kind: str, limits: _Limits) -> PreparedImage:
         height=out_size[1],
         converted=True,
         downscaled=out_size[0] * out_size[1] < width * height,
+        memory=held,
     )
+    weakref.finalize(prepared, held.release)
+    return prepared
 
 
 def _check_header(width: int, height: int, kind: str, limits: _Limits) -> None:
@@ -405,17 +436,59 @@ def _png_orientation(image: Image.Image) -> int | None:
 def _verify_jpeg(image: Image.Image, width: int, height: int) -> None:
     """Decode the whole entropy-coded data at 1/8 scale: truncation or broken markers raise."""
     image.draft("RGB", (max(1, width // 8), max(1, height // 8)))
-    with _BUDGET.reserve(_decode_cost(image, width, height, bytes_per_pixel=4)):
+    with process_budget().reserve(_decode_cost(image, width, height)):
         image.load()
 
 
-def _decode_cost(image: Image.Image, width: int, height: int, *, bytes_per_pixel: int) -> int:
-    """Estimated bytes held while decoding ``image`` (at its draft size) and working on copies of it."""
-    cost = image.size[0] * image.size[1] * bytes_per_pixel
+# Bytes per pixel of Pillow's image memory by mode (RGB is stored as 4 bytes per pixel).
+_MODE_BYTES = {"1": 1, "L": 1, "P": 1, "I;16": 2, "I;16B": 2, "I;16L": 2, "I;16N": 2}
+_RGBA_BYTES = 4
+# Pillow's WebP decoder (libwebp's animation decoder) holds two full canvases and a copy of the frame
+# beside the image it fills: 12 bytes per pixel more while it decodes, and 8 until the file is dropped.
+_WEBP_DECODER_BYTES = 12
+_ENCODED_BYTES_PER_PIXEL = 1  # a JPEG's bytes while it is encoded (quality 90 of a noisy photo: ~0.8)
+# A JPEG over this many pixels that must shrink is decoded at down to half the size that fits (_draft_request).
+_HALF_FIT_PIXELS = 8_000_000
+
+
+def _decode_cost(image: Image.Image, width: int, height: int) -> int:
+    """Estimated bytes held while ``image`` (at its draft size) is decoded; ``width``×``height`` as stored."""
+    pixels = image.size[0] * image.size[1]
+    cost = pixels * _MODE_BYTES.get(image.mode, _RGBA_BYTES)
+    if image.format == "WEBP":
+        cost += pixels * _WEBP_DECODER_BYTES
     # A progressive JPEG keeps every DCT coefficient of the full image while decoding, whatever the scale.
     if image.format == "JPEG" and (image.info.get("progressive") or image.info.get("progression")):
         cost += width * height * 4
     return cost
+
+
+def _conversion_cost(image: Image.Image, width: int, height: int, target: tuple[int, int]) -> int:
+    """The most memory :func:`_convert` holds at once: the decode, then two images at a time, then encoding.
+
+    Every intermediate is freed once the next exists, so after the decode (and what a WebP decoder keeps)
+    the peak is the largest pair: source and normalised copy, source and the first resize pass, that pass
+    and the target, the target and its encoded bytes.
+    """
+    source = image.size[0] * image.size[1] * _RGBA_BYTES
+    kept = image.size[0] * image.size[1] * (_WEBP_DECODER_BYTES - 4) if image.format == "WEBP" else 0
+    out = target[0] * target[1] * _RGBA_BYTES
+    if target == image.size:
+        resize = 0
+    elif target[0] != image.size[0] and target[1] != image.size[1]:
+        first = min(target[0] * image.size[1], image.size[0] * target[1]) * _RGBA_BYTES
+        resize = max(source + first, first + out)
+    else:
+        resize = source + out
+    copied = image.mode not in ("RGB", "L") or "transparency" in image.info  # _normalise/_flatten copy it
+    pairs = max(2 * source if copied else source, resize, out + target[0] * target[1] * _ENCODED_BYTES_PER_PIXEL)
+    return max(_decode_cost(image, width, height), kept + pairs)
+
+
+def request_memory(prepared: PreparedImage) -> int:
+    """What a DetectLabels request holds beside the bytes it sends (held already, as a body or converted
+    bytes): their base64, JSON and encoded copies, about 4 × their size at once."""
+    return 4 * len(prepared.data)
 
 
 _PNG_DEPTHS = {0: (1, 2, 4, 8, 16), 2: (8, 16), 3: (1, 2, 4, 8), 4: (8, 16), 6: (8, 16)}
@@ -527,36 +600,74 @@ def _inflate_idat(inflater: zlib._Decompress, payload: memoryview, rows: _RowChe
 _ORIENTATION_TAG = 0x0112
 
 
-def _convert(image: Image.Image, kind: str, target: tuple[int, int], limits: _Limits) -> tuple[bytes, tuple[int, int]]:
-    """Decode (at reduced DCT scale for a JPEG), normalise, downscale, orient, flatten; encode to fit."""
-    from PIL import Image
+def _convert(
+    image: Image.Image, kind: str, target: tuple[int, int], limits: _Limits
+) -> tuple[bytes, tuple[int, int], Reservation]:
+    """Decode (at reduced DCT scale for a JPEG), normalise, downscale, orient, flatten; encode to fit.
+
+    The encoded bytes outlive the step: they stay in the budget, held like a body, until they are dropped.
+    """
 
     width, height = image.size
     if kind == "jpeg" and target != (width, height):
-        image.draft(None, target)  # libjpeg scales by 1/2, 1/4 or 1/8 while staying ≥ target
-    with _BUDGET.reserve(_decode_cost(image, width, height, bytes_per_pixel=16 if kind == "webp" else 12)):
+        image.draft(None, _draft_request(width * height, target, limits))
+        if image.size[0] < target[0] or image.size[1] < target[1]:  # decoded under the fitting size: keep it
+            target = image.size
+    with process_budget().reserve(_conversion_cost(image, width, height, target)):
         image.load()
         orientation = _orientation(image)
         icc = image.info.get("icc_profile")
-        work = _normalise(image)
+        work = _replace(image, _normalise(image))
         work = _replace(work, _flatten(work))
-        if work.size != target:
-            work = _replace(work, work.resize(target, Image.Resampling.LANCZOS, reducing_gap=3.0))
+        work = _resize(work, target)
         if orientation in _TRANSPOSE:
             work = _replace(work, work.transpose(_TRANSPOSE[orientation]))
-        if work is not image:
-            image.close()  # free the decoded source before encoding
         try:
-            return _encode_to_fit(work, _matching_icc(icc, work.mode), limits)
+            out, size = _encode_to_fit(work, _matching_icc(icc, work.mode), limits)
         finally:
             work.close()
+        return out, size, process_budget().hold_body(len(out))  # granted at once: this thread is working
+
+
+def _draft_request(pixels: int, target: tuple[int, int], limits: _Limits) -> tuple[int, int]:
+    """The smallest size to decode a JPEG of ``pixels`` that must shrink to ``target``.
+
+    libjpeg scales by 1/2, 1/4 or 1/8 while decoding, and Pillow picks the smallest scale that stays at
+    or above the size asked for. For a large image (over ``_HALF_FIT_PIXELS``) that is half the size that
+    fits (never under the minimum side): asking for exactly the size that fits would decode a
+    12,000-px-wide photo whole (48 MB, plus ~40 MB to resample it), asking for half decodes it at 1/2
+    (6,000 px, 12 MB, nothing to resample). DetectLabels still gets at least half its maximum side.
+
+    >>> limits = _Limits(5 << 20, 80, 10_000, 40_000_000)
+    >>> _draft_request(12_000_000, (10_000, 833), limits), _draft_request(60_000, (250, 167), limits)
+    ((5000, 417), (250, 167))
+    """
+    if pixels <= _HALF_FIT_PIXELS:
+        return target
+    scale = min(1.0, max(0.5, limits.min_side / min(target)))
+    return math.ceil(target[0] * scale), math.ceil(target[1] * scale)
+
+
+def _resize(image: Image.Image, target: tuple[int, int]) -> Image.Image:
+    """``image`` resized to ``target``, one axis at a time when both change (the smaller intermediate first).
+
+    Pillow resamples both axes through an intermediate it holds beside the source and the result; one
+    axis per call lets the source go before the second pass. The result differs by rounding only.
+    """
+    from PIL import Image
+
+    width, height = image.size
+    if (width, height) == target:
+        return image
+    if width != target[0] and height != target[1]:
+        first = (target[0], height) if target[0] * height <= width * target[1] else (width, target[1])
+        image = _replace(image, image.resize(first, Image.Resampling.LANCZOS, reducing_gap=3.0))
+    return _replace(image, image.resize(target, Image.Resampling.LANCZOS, reducing_gap=3.0))
 
 
 def _replace(old: Image.Image, new: Image.Image) -> Image.Image:
-    """``new``, after freeing ``old``'s pixels unless it is the opened file (closed by its owner)."""
-    from PIL import ImageFile
-
-    if new is not old and not isinstance(old, ImageFile.ImageFile):
+    """``new``, after freeing ``old``'s pixels (the opened file's too: its owner closing it again is harmless)."""
+    if new is not old:
         old.close()
     return new
 
@@ -671,63 +782,3 @@ def _smaller(size: tuple[int, int], byte_ratio: float, min_side: int) -> tuple[i
     if factor >= 1:
         return None
     return max(min_side, round(size[0] * factor)), max(min_side, round(size[1] * factor))
-
-
-# --- the memory budget -----------------------------------------------------------------------------
-class _MemoryBudget:
-    """Bounds the estimated bytes of decoded pixels held at once by all threads.
-
-    Reservations are served first come, first served; one larger than the whole budget waits until
-    nothing else is held and then runs alone. Reservations under ``small`` bytes are not counted.
-    """
-
-    def __init__(self, capacity: int, small: int = 8 * 1024 * 1024) -> None:
-        self.capacity = capacity
-        self.small = small
-        self.used = 0
-        self._condition = threading.Condition()
-        self._queue: deque[object] = deque()
-
-    def resize(self, capacity: int) -> None:
-        with self._condition:
-            self.capacity = capacity
-            self._condition.notify_all()  # a larger budget may let waiters in
-
-    @contextmanager
-    def reserve(self, amount: int) -> Iterator[None]:
-        if amount < self.small:
-            yield
-            return
-        amount = min(amount, self.capacity)
-        ticket = object()
-        with self._condition:
-            self._queue.append(ticket)
-            while self._queue[0] is not ticket or self.used + amount > self.capacity:
-                self._condition.wait()
-            self._queue.popleft()
-            self.used += amount
-            self._condition.notify_all()  # the next in line may fit as well
-        try:
-            yield
-        finally:
-            with self._condition:
-                self.used -= amount
-                self._condition.notify_all()
-
-
-DEFAULT_MEMORY_BUDGET_MB = 64
-_BUDGET = _MemoryBudget(DEFAULT_MEMORY_BUDGET_MB * 1024 * 1024)
-
-
-def reserve_memory(nbytes: int) -> AbstractContextManager[None]:
-    """Hold ``nbytes`` of the process-wide memory budget (other big users of image memory wait).
-
-    The pipeline wraps each DetectLabels request in it: botocore base64-encodes and JSON-serialises
-    the image bytes, about three copies of a 4 MB photo held at once. Amounts under 8 MiB are free.
-    """
-    return _BUDGET.reserve(nbytes)
-
-
-def set_memory_budget(megabytes: int) -> None:
-    """Set the process-wide decode budget (``IMAGE_MEMORY_MB``; the composition root calls this once)."""
-    _BUDGET.resize(max(16, megabytes) * 1024 * 1024)

@@ -57,9 +57,10 @@ def build_backend(settings: Settings) -> LabelBackend:
 
 def build_services(settings: Settings) -> Services:
     """Wire S3, the safe fetcher, the label backend, the cache and the S3 source reader for ``settings``."""
-    from labeler.adapters.images import set_memory_budget
+    from labeler.adapters.images import load_decoders_in_background
+    from labeler.adapters.memory import budget_megabytes, set_memory_budget
 
-    set_memory_budget(settings.image_memory_mb)
+    set_memory_budget(budget_megabytes(settings.image_memory_mb, settings.aws_lambda_function_memory_size))
     store = S3Store(build_s3_client(max(10, settings.max_workers * 2)), settings.output_bucket)
     fetcher = ImageFetcher(
         FetchPolicy(
@@ -89,6 +90,7 @@ def build_services(settings: Settings) -> Services:
             current_model_version=lambda: getattr(backend, "model_version", None),
             writer=ThreadPoolExecutor(max_workers=4, thread_name_prefix="cache-write"),
         )
+    load_decoders_in_background()  # after the clients (CPU-bound too): while the first requests wait on the network
     return Services(
         settings=settings,
         store=store,
@@ -184,10 +186,11 @@ def fan_out_on_demand(settings: Settings) -> FanOutSplit | None:
 
 def get_once() -> OncePerDelivery:
     global _once
-    settings = get_services().settings
+    services = get_services()
     with _lock:
         if _once is None:
-            _once = OncePerDelivery(settings)
+            # one DynamoDB client for the state table: progress, idempotency records, their leases
+            _once = OncePerDelivery(services.settings, dynamodb=getattr(services.progress, "client", None))
         return _once
 
 

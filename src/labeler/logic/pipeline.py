@@ -35,7 +35,7 @@ from itertools import chain, islice
 from typing import TYPE_CHECKING, Any, Protocol
 
 from labeler.adapters.fetch import FetchedImage, ImageFetcher, NotModified, Validators
-from labeler.adapters.images import prepare_image, reserve_memory
+from labeler.adapters.images import prepare_image, request_memory, reserve_memory
 from labeler.adapters.labels.base import LabelBackend, detect_with_options
 from labeler.adapters.store import ObjectHead, OpenedManifest
 from labeler.logic.budget import BudgetStore, CallBudget, InMemoryBudgetStore, effective_cap
@@ -369,7 +369,8 @@ def _fetch(services: Services, url: str, memo: UrlMemo | None, deadline: Deadlin
     if budget <= 0:
         raise OutOfTime("the invocation's deadline is near (before the download)")
     try:
-        return services.fetcher.fetch(url, validators, timeout_seconds=budget)
+        # A wait for body memory does not count against the download; it ends at the deadline at the latest.
+        return services.fetcher.fetch(url, validators, timeout_seconds=budget, memory_wait_until=deadline.work_ends)
     except DownloadTimeout:
         if budget < setting:  # cut by the invocation's deadline: not the image's fault, the retry does it
             raise OutOfTime("the invocation's deadline came during the download") from None
@@ -432,8 +433,8 @@ def _label_content(
         }
         deadline.check("before labeling")
         started = time.perf_counter()
-        # The request holds ~3 copies of the image (base64, JSON, the body): big ones take turns.
-        with reserve_memory(3 * len(prepared.data)):
+        # The request holds ~4 copies of the image (base64, JSON, the body): big ones take turns.
+        with reserve_memory(request_memory(prepared)):
             result = detect_with_options(services.backend, prepared.data, labeling.options, deadline.work_ends)
     timings.mark("label", started)
     labeled = CachedLabels(

@@ -45,8 +45,12 @@ class Settings:
     max_redirects: int = 5
     # Images declaring more pixels are refused from their header, before any decoding (decompression bombs).
     max_image_pixels: int = 40_000_000
-    # Decoded pixels held at once by all workers (big conversions queue for it instead of exhausting memory).
-    image_memory_mb: int = 64
+    # Image memory held at once by all workers: downloaded bodies, decoded pixels, converted output and the
+    # copies of DetectLabels requests (labeler.adapters.memory). Big images queue for it instead of
+    # exhausting the function's memory; at most half of what the function has beyond its base.
+    image_memory_mb: int = 96
+    # Set by Lambda: the function's memory in MB (0 when unknown, e.g. local runs).
+    aws_lambda_function_memory_size: int = 0
     max_manifest_bytes: int = 1024 * MIB
     max_manifest_entries: int = 1_000_000
     inline_max_images: int = 100
