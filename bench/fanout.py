@@ -82,6 +82,7 @@ def bench_fanout(si: StandIns, *, n: int, download_s: float, label_s: float, wor
         "worker_invocations": [worker["invocations"] for worker in run["workers"]],
         "worker_messages_failed": sum(worker["messages_failed"] for worker in run["workers"]),
         "worker_peak_rss_mb": [round(worker["peak_rss_mb"], 1) for worker in run["workers"]],
+        "cpu_ms_per_image": run["cpu_ms_per_image"],
         "report": short_report(report),
         "window": "from the first successful DetectLabels call to the last (work remains: the queue is not empty)",
         "machine_note": f"{os.cpu_count()} CPUs shared by {count + 1} containers, moto and the stand-ins",

@@ -6,7 +6,7 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from labeler.logic.cache import LabelCache, UrlMemo
+from labeler.logic.cache import LabelCache, UrlMemo, writer_threads
 
 LABELS = [{"Name": "Cat", "Confidence": 92.0, "Instances": [], "Parents": [], "Aliases": [], "Categories": []}]
 SHA = "ab" * 32
@@ -100,3 +100,9 @@ def test_url_memos_need_a_validator() -> None:
     cache.put_url_memo("https://example.com/a.jpg", UrlMemo(etag='"v1"', last_modified=None, sha256=SHA))
     assert cache.get_url_memo("https://example.com/a.jpg") == UrlMemo(etag='"v1"', last_modified=None, sha256=SHA)
     assert cache.get_url_memo("https://example.com/b.jpg") is None
+
+
+def test_an_invocation_at_the_quota_has_writers_enough_for_its_cache_writes() -> None:
+    # two writes per new image at ~49 images/s and ~20-60 ms per PUT: 2-6 writers busy at the default 32 workers
+    assert writer_threads(32) == 8
+    assert writer_threads(8) == writer_threads(1) == 4

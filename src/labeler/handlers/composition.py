@@ -15,7 +15,7 @@ from labeler.adapters.labels import get_backend
 from labeler.adapters.labels.base import LabelBackend
 from labeler.adapters.store import S3Store, build_s3_client
 from labeler.handlers.idempotency import OncePerDelivery
-from labeler.logic.cache import LabelCache
+from labeler.logic.cache import LabelCache, writer_threads
 from labeler.logic.pipeline import Deadline, FanOutSplit, Services
 from labeler.models.records import EntryItem, ManifestRef
 from labeler.models.settings import Settings
@@ -77,7 +77,9 @@ def build_services(settings: Settings) -> Services:
             min_confidence=settings.min_confidence,
             max_labels=settings.max_labels,
             current_model_version=lambda: getattr(backend, "model_version", None),
-            writer=ThreadPoolExecutor(max_workers=4, thread_name_prefix="cache-write"),
+            writer=ThreadPoolExecutor(
+                max_workers=writer_threads(settings.max_workers), thread_name_prefix="cache-write"
+            ),
         )
     return Services(
         settings=settings,
