@@ -184,6 +184,18 @@ def _watch(trace: Any) -> None:
         trace.watch_limiter(limiter)
 
 
+def _limiter_stats() -> dict[str, Any]:
+    """What this container's DetectLabels limiter did: its leases, slots, and the table requests they cost."""
+    from labeler.handlers import composition
+
+    limiter = getattr(composition.get_services().backend, "_limiter", None)
+    if limiter is None:
+        return {}
+    stats = dataclasses.asdict(limiter.stats)
+    stats["table_requests"] = getattr(limiter.source, "requests", 0)  # UpdateItem requests sent (TableSlots)
+    return stats
+
+
 def task_product(spec: dict[str, Any]) -> dict[str, Any]:
     from labeler.handlers import composition, manifest_created
 
@@ -225,6 +237,7 @@ def task_product(spec: dict[str, Any]) -> dict[str, Any]:
         "waited_at_barrier_s": waited_s,
         "response": response,
         "s3_calls": dict(s3_calls),
+        "limiter": _limiter_stats(),
     }
 
 
@@ -344,6 +357,7 @@ def task_worker(spec: dict[str, Any]) -> dict[str, Any]:
         "messages_failed": redelivered,
         "handler_s": handler_s,
         "cpu_s": cpu_s,
+        "limiter": _limiter_stats(),
         "stopped_by": "stop file" if os.path.exists(stop_file) else "max_seconds",
     }
 

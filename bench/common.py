@@ -153,6 +153,17 @@ def cpu_ms_per_image(
     return out
 
 
+def limiter_totals(containers: list[dict[str, Any]], calls: int) -> dict[str, Any]:
+    """The DetectLabels limiters of ``containers`` (their ``limiter`` stats) added up, with the cost bound's
+    figure: the state-table requests per successful DetectLabels call (the bound is 1/5 at full load)."""
+    totals: dict[str, Any] = {}
+    for container in containers:
+        for name, value in container.get("limiter", {}).items():
+            totals[name] = totals.get(name, 0) + value
+    totals["table_requests_per_call"] = round(totals.get("table_requests", 0) / max(1, calls), 4)
+    return totals
+
+
 def short_report(report: dict[str, Any]) -> dict[str, Any]:
     names = ("status", "total", "succeeded", "failed", "errors_by_code", "labels_from_cache", "not_modified", "mode")
     return {name: report.get(name) for name in names if name in report}
