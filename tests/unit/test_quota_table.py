@@ -224,6 +224,23 @@ def test_a_slow_table_means_the_local_pace(clients: CountingClients, table: str)
     assert limiter.stats.table_failures == 1 and len(warnings) == 1 and "ReadTimeoutError" in warnings[0]
 
 
+def test_a_limiter_shortens_the_interpreter_lock_switch_interval_never_lengthens_it() -> None:
+    import sys
+
+    from labeler.adapters.quota_table import GIL_SWITCH_INTERVAL
+
+    before = sys.getswitchinterval()
+    try:
+        sys.setswitchinterval(0.005)  # CPython's default
+        build_limiter(50.0)
+        assert sys.getswitchinterval() == pytest.approx(GIL_SWITCH_INTERVAL)  # woken threads send on time
+        sys.setswitchinterval(0.0005)
+        build_limiter(50.0)
+        assert sys.getswitchinterval() == pytest.approx(0.0005)
+    finally:
+        sys.setswitchinterval(before)
+
+
 def test_build_limiter_shares_the_quota_only_through_a_table() -> None:
     alone = build_limiter(50.0)
     assert isinstance(alone.source, LocalSlots) and alone.fallback is None
