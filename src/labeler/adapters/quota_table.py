@@ -5,8 +5,9 @@ slot, GCRA's "theoretical arrival time". Slots are ``interval`` apart on one tim
 every process, so the calls of all processes together are evenly spaced at the quota, whoever
 makes them. A lease of ``k`` slots is one atomic ``UpdateItem`` that moves ``tat`` on by
 ``k × interval``, so the slots it got are known without a read. No slot of a lease comes before
-``ready``: now plus the lead, twice the recent round trips (the answer must arrive before the
-first slot, or that slot is lost):
+``ready``: now plus the lead, twice the recent round trips and at least 50 ms (the answer must
+arrive, and the waiting thread build and sign its request, before the first slot, or that slot is
+lost):
 
 * busy (``tat`` is at ``ready`` or later): ``ADD tat :span`` if ``tat >= :ready`` → slots ``[tat_old, tat_new)``;
 * idle (``tat`` before ``ready``, or absent): ``SET tat = :ready + :span`` if it is still before →
@@ -67,7 +68,10 @@ class TableSlots:
         quota_tps: float,
         *,
         key: str = QUOTA_KEY,
-        min_lead: float = 0.02,
+        # at least the time a thread needs, after its slot is booked, to build and sign its request (~30 ms for
+        # a 5 MB image; more while the interpreter is busy): in a fan-out the first slots of leases made
+        # with 20 ms were the ones missed
+        min_lead: float = 0.05,
         max_lead: float = 0.25,
         wall: Callable[[], float] = time.time,
         clock: Callable[[], float] = time.monotonic,
