@@ -138,12 +138,15 @@ def _context(spec: dict[str, Any]) -> Any:
 
 
 def _build_services() -> float:
-    """What a cold start builds once per container (clients, backend); returns the seconds it took."""
+    """What a container builds once, on its first invocation (clients, backend, the idempotency layer and its
+    DynamoDB client: ~0.2 s of CPU); returns the seconds it took. Measured apart from the invocations (the cold
+    start is ``cold_start_ratio``'s)."""
     from labeler.handlers import composition
 
     composition.reset_services()
     started = time.perf_counter()
     composition.get_services()
+    composition.get_once()
     return time.perf_counter() - started
 
 
@@ -160,10 +163,45 @@ def _barrier(spec: dict[str, Any]) -> float:
     return time.perf_counter() - started
 
 
+def _trace() -> Any:
+    """The container's timeline when ``BENCH_TRACE`` names a directory (diagnostics: ``bench/trace.py``)."""
+    if not os.environ.get("BENCH_TRACE"):
+        return None
+    from bench.trace import Trace
+
+    trace = Trace(os.environ["BENCH_TRACE"])
+    trace.install_on_default_session()
+    return trace
+
+
+def _watch(trace: Any) -> None:
+    from labeler.handlers import composition
+
+    limiter = getattr(composition.get_services().backend, "_limiter", None)
+    if trace is not None:
+        trace.watch_entries()
+    if trace is not None and limiter is not None:
+        trace.watch_limiter(limiter)
+
+
+def _limiter_stats() -> dict[str, Any]:
+    """What this container's DetectLabels limiter did: its leases, slots, and the table requests they cost."""
+    from labeler.handlers import composition
+
+    limiter = getattr(composition.get_services().backend, "_limiter", None)
+    if limiter is None:
+        return {}
+    stats = dataclasses.asdict(limiter.stats)
+    stats["table_requests"] = getattr(limiter.source, "requests", 0)  # UpdateItem requests sent (TableSlots)
+    return stats
+
+
 def task_product(spec: dict[str, Any]) -> dict[str, Any]:
     from labeler.handlers import composition, manifest_created
 
+    trace = _trace()
     init_s = _build_services()
+    _watch(trace)
     services = composition.get_services()
     if spec.get("stub_backend"):  # diagnostics only: labels without botocore serialising the image
         services = dataclasses.replace(services, backend=StubBackend())
@@ -175,78 +213,151 @@ def task_product(spec: dict[str, Any]) -> dict[str, Any]:
 
     services.store.client.meta.events.register("before-call.s3.*", count)  # type: ignore[attr-defined]
     waited_s = _barrier(spec)
-    cpu_before = cpu_seconds()
+    cpu_before, sys_before = cpu_seconds(), resource.getrusage(resource.RUSAGE_SELF).ru_stime
     sampler = _StackSampler(os.environ["BENCH_SAMPLE"]) if os.environ.get("BENCH_SAMPLE") else None
     if sampler:  # diagnostics: where the worker threads' CPU goes (BENCH_SAMPLE=path.json)
         sampler.start()
     started_at, started = time.time(), time.perf_counter()
+    if trace is not None:
+        trace.mark("handler_start")
     response = manifest_created.handler(spec["event"], _context(spec))
     finished = time.perf_counter()
     if sampler:
         sampler.stop()
+    if trace is not None:
+        trace.mark("handler_end")
+        trace.write({"task": "product"})
     return {
         "init_s": init_s,
         "handler_s": finished - started,
         "handler_cpu_s": cpu_seconds() - cpu_before,
+        "handler_sys_cpu_s": resource.getrusage(resource.RUSAGE_SELF).ru_stime - sys_before,
         "started_at": started_at,
         "finished_at": started_at + (finished - started),
         "waited_at_barrier_s": waited_s,
         "response": response,
         "s3_calls": dict(s3_calls),
+        "limiter": _limiter_stats(),
     }
+
+
+class _EventSourcePoller(threading.Thread):
+    """Lambda's SQS event source mapping for one worker container, apart from the function as Lambda's pollers
+    are: it reads the next batch while the function works on the current one, and settles what an invocation
+    finished after it returned (deletes it, or makes a failed message visible again at once: the queue's
+    visibility timeout would stall a benchmark). Neither is part of the function's time."""
+
+    def __init__(self, sqs: Any, spec: dict[str, Any], stopped: Callable[[], bool]) -> None:
+        import queue
+
+        super().__init__(name="event-source-poller", daemon=True)
+        self.sqs = sqs
+        self.queue_url = spec["queue_url"]
+        self.batch_size = int(spec.get("batch_size", 1))
+        self.stopped = stopped
+        self.batches: queue.Queue[list[dict[str, Any]]] = queue.Queue(maxsize=1)  # one batch read ahead
+        self.settle: queue.Queue[tuple[dict[str, Any], bool]] = queue.Queue()
+
+    def run(self) -> None:
+        import queue
+
+        pending: list[dict[str, Any]] = []
+        while not self.stopped():
+            self._settle_finished()
+            if not pending:
+                answer = self.sqs.receive_message(
+                    QueueUrl=self.queue_url,
+                    MaxNumberOfMessages=self.batch_size,
+                    AttributeNames=["All"],
+                    WaitTimeSeconds=1,
+                )
+                pending = answer.get("Messages", [])
+                continue
+            try:
+                self.batches.put(pending, timeout=0.02)
+                pending = []
+            except queue.Full:
+                continue
+        self._settle_finished()
+
+    def _settle_finished(self) -> None:
+        import queue
+
+        while True:
+            try:
+                message, done = self.settle.get_nowait()
+            except queue.Empty:
+                return
+            if done:
+                self.sqs.delete_message(QueueUrl=self.queue_url, ReceiptHandle=message["ReceiptHandle"])
+            else:
+                self.sqs.change_message_visibility(
+                    QueueUrl=self.queue_url, ReceiptHandle=message["ReceiptHandle"], VisibilityTimeout=0
+                )
 
 
 def task_worker(spec: dict[str, Any]) -> dict[str, Any]:
     """One WorkerFunction container fed by the work queue, as Lambda's SQS event source mapping feeds it.
 
-    Receive up to the mapping's ``batch_size`` messages (long poll), call the handler with the SQS event
-    Lambda would build, delete what it did not report in ``batchItemFailures``; a failed message is made
-    visible again at once (the queue's visibility timeout would stall a benchmark) and counted.
+    Take the batch the poller read (up to the mapping's ``batch_size`` messages), call the handler with the
+    SQS event Lambda would build, hand the poller back what it did not report in ``batchItemFailures`` to
+    delete (a failed message is counted and made visible again at once).
     """
+    import queue
+
     import boto3
     from tests.support.sqs_driver import sqs_event
 
     from labeler.handlers import work_batch
 
+    trace = _trace()
     init_s = _build_services()
-    sqs = boto3.client("sqs")
+    _watch(trace)
     stop_file = spec["stop_file"]
     deadline = time.monotonic() + float(spec.get("max_seconds", 600))
+
+    def stopped() -> bool:
+        return os.path.exists(stop_file) or time.monotonic() >= deadline
+
+    poller = _EventSourcePoller(boto3.client("sqs"), spec, stopped)
+    cpu_before = cpu_seconds()
+    poller.start()
     invocations = messages_done = redelivered = 0
     handler_s = 0.0
-    while not os.path.exists(stop_file) and time.monotonic() < deadline:
-        answer = sqs.receive_message(
-            QueueUrl=spec["queue_url"],
-            MaxNumberOfMessages=int(spec.get("batch_size", 1)),
-            AttributeNames=["All"],
-            WaitTimeSeconds=1,
-        )
-        messages = answer.get("Messages", [])
-        if not messages:
+    while not stopped():
+        try:
+            messages = poller.batches.get(timeout=0.1)
+        except queue.Empty:
             continue
         started = time.perf_counter()
+        if trace is not None:
+            trace.mark(f"invocation_{invocations}_start")
         try:
             result = work_batch.handler(sqs_event(messages, spec["queue_arn"]), _context(spec))
             failed = {item["itemIdentifier"] for item in result.get("batchItemFailures", [])}
         except Exception:  # every record failed: Lambda retries the whole batch
             failed = {message["MessageId"] for message in messages}
         handler_s += time.perf_counter() - started
+        if trace is not None:
+            trace.mark(f"invocation_{invocations}_end")
         invocations += 1
         for message in messages:
-            if message["MessageId"] in failed:
-                redelivered += 1
-                sqs.change_message_visibility(
-                    QueueUrl=spec["queue_url"], ReceiptHandle=message["ReceiptHandle"], VisibilityTimeout=0
-                )
-            else:
-                messages_done += 1
-                sqs.delete_message(QueueUrl=spec["queue_url"], ReceiptHandle=message["ReceiptHandle"])
+            done = message["MessageId"] not in failed
+            messages_done += done
+            redelivered += not done
+            poller.settle.put((message, done))
+    poller.join(timeout=10)
+    cpu_s = cpu_seconds() - cpu_before  # the invocations, and the poller (Lambda's, not the function's: small)
+    if trace is not None:
+        trace.write({"task": "worker"})
     return {
         "init_s": init_s,
         "invocations": invocations,
         "messages_done": messages_done,
         "messages_failed": redelivered,
         "handler_s": handler_s,
+        "cpu_s": cpu_s,
+        "limiter": _limiter_stats(),
         "stopped_by": "stop file" if os.path.exists(stop_file) else "max_seconds",
     }
 

@@ -141,6 +141,29 @@ def own_cpu_seconds() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
+def cpu_ms_per_image(
+    before: dict[str, float], after: dict[str, float], images: int, **functions: float
+) -> dict[str, Any]:
+    """Where the CPU of a run went, in ms per image: the function's containers (``functions``: seconds each)
+    and each stand-in (``StandIns.cpu_seconds()`` before and after). On this machine they share its cores."""
+    spent = {name: seconds for name, seconds in functions.items()}
+    spent.update({name: after[name] - before.get(name, 0.0) for name in after})
+    out: dict[str, Any] = {name: round(1000 * seconds / max(1, images), 2) for name, seconds in spent.items()}
+    out["total"] = round(1000 * sum(spent.values()) / max(1, images), 2)
+    return out
+
+
+def limiter_totals(containers: list[dict[str, Any]], calls: int) -> dict[str, Any]:
+    """The DetectLabels limiters of ``containers`` (their ``limiter`` stats) added up, with the cost bound's
+    figure: the state-table requests per successful DetectLabels call (the bound is 1/5 at full load)."""
+    totals: dict[str, Any] = {}
+    for container in containers:
+        for name, value in container.get("limiter", {}).items():
+            totals[name] = totals.get(name, 0) + value
+    totals["table_requests_per_call"] = round(totals.get("table_requests", 0) / max(1, calls), 4)
+    return totals
+
+
 def short_report(report: dict[str, Any]) -> dict[str, Any]:
     names = ("status", "total", "succeeded", "failed", "errors_by_code", "labels_from_cache", "not_modified", "mode")
     return {name: report.get(name) for name in names if name in report}

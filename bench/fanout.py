@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from bench.common import Metrics, log, metric, short_report, utilisation
+from bench.common import Metrics, limiter_totals, log, metric, short_report, utilisation
 from bench.runs import run_fanout
 from bench.standins import StandIns
 
@@ -82,6 +82,8 @@ def bench_fanout(si: StandIns, *, n: int, download_s: float, label_s: float, wor
         "worker_invocations": [worker["invocations"] for worker in run["workers"]],
         "worker_messages_failed": sum(worker["messages_failed"] for worker in run["workers"]),
         "worker_peak_rss_mb": [round(worker["peak_rss_mb"], 1) for worker in run["workers"]],
+        "cpu_ms_per_image": run["cpu_ms_per_image"],
+        "limiter": limiter_totals([run["splitter"], *run["workers"]], si.rekognition.successful_calls),
         "report": short_report(report),
         "window": "from the first successful DetectLabels call to the last (work remains: the queue is not empty)",
         "machine_note": f"{os.cpu_count()} CPUs shared by {count + 1} containers, moto and the stand-ins",

@@ -11,7 +11,7 @@ import time
 import uuid
 from typing import Any
 
-from bench.common import OUT_DIR, Child, log
+from bench.common import OUT_DIR, Child, cpu_ms_per_image, log
 from bench.standins import StandIns, function_child_env
 
 FINAL_STATUSES = frozenset({"complete", "partial", "failed"})
@@ -85,7 +85,11 @@ def run_manifest(
     """One inline manifest in one container, to the end; ``rekognition_calls`` made during it."""
     calls_before, throttled_before = si.rekognition.successful_calls, si.rekognition.throttled
     child, info = start_manifest(si, stack, entries, key, quota=quota, diagnostic=diagnostic, spec=spec)
+    cpu_before = si.cpu_seconds()  # the stack's resources exist by now
     result = finish_manifest(si, child, info, complete=complete)
+    result["cpu_ms_per_image"] = cpu_ms_per_image(
+        cpu_before, si.cpu_seconds(), len(entries), ManifestFunction=result["handler_cpu_s"]
+    )
     result["rekognition_calls"] = si.rekognition.successful_calls - calls_before
     result["throttled_calls"] = si.rekognition.throttled - throttled_before
     return result
@@ -125,6 +129,7 @@ def run_fanout(
     try:
         started = time.time()
         splitter, info = start_manifest(si, stack, entries, key, quota=quota, name="splitter")
+        cpu_before = si.cpu_seconds()
         split = finish_manifest(si, splitter, info, complete=False, timeout=timeout)
         splitter = None
         report = _wait_for_final_report(si, info["output_bucket"], key, deadline=started + timeout)
@@ -138,6 +143,13 @@ def run_fanout(
     stop_file.touch()  # each container finishes the invocation it is in, then exits
     results = [child.wait(timeout=120) for child in containers]
     stop_file.unlink(missing_ok=True)
+    cpu = cpu_ms_per_image(
+        cpu_before,
+        si.cpu_seconds(),
+        len(entries),
+        ManifestFunction=split["handler_cpu_s"],
+        WorkerFunction=sum(result["cpu_s"] for result in results),
+    )
     return {
         "splitter": split,
         "workers": results,
@@ -147,6 +159,7 @@ def run_fanout(
         "output_bucket": info["output_bucket"],
         "environment": info["environment"],
         "worker_environment": si.function_env(stack, "WorkerFunction", quota=quota).describe(),
+        "cpu_ms_per_image": cpu,
     }
 
 

@@ -15,12 +15,27 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench.common import OUT_DIR, Metrics, diagnostic, log, metric, run_child, short_report, utilisation
+from bench.common import (
+    OUT_DIR,
+    Metrics,
+    cpu_ms_per_image,
+    diagnostic,
+    limiter_totals,
+    log,
+    metric,
+    run_child,
+    short_report,
+    utilisation,
+)
 from bench.runs import entry_breakdown, finish_manifest, read_records, run_manifest, start_manifest, template_defaults
 from bench.standins import StandIns, child_base_env
 
 LONE_QUOTA = 50.0
 SHARED_QUOTA = 25.0
+# At the defaults the quota caps the speed-up: the loop's N × (0.1 + 0.15) s over the limit N / quota is 12.5;
+# a run that meets lone_manifest_ratio_to_limit (≤ 1.3) gets 12.5 / 1.3 ≈ 9.6. (12 came from a bench run at an
+# unlimited quota, where only MAX_WORKERS bounded it.) See bench/README.md.
+SPEEDUP_TARGET = 9.5
 
 
 def inline_manifest_size(si: StandIns, wanted: int) -> int:
@@ -82,6 +97,8 @@ def bench_lone_manifest(si: StandIns, *, n: int, download_s: float, label_s: flo
         "handler_s": [round(value, 4) for value in walls],
         "init_s": [round(run["init_s"], 4) for run in runs],
         "handler_cpu_s": [round(run["handler_cpu_s"], 3) for run in runs],
+        "cpu_ms_per_image": runs[-1]["cpu_ms_per_image"],
+        "limiter": limiter_totals(runs[-1:], n),
         "rekognition_calls_per_s": [run["quota_use"]["calls_per_s"] for run in runs],
         "throttled_calls": [run["throttled_calls"] for run in runs],
         "report": short_report(runs[-1]["report"]),
@@ -105,7 +122,7 @@ def bench_lone_manifest(si: StandIns, *, n: int, download_s: float, label_s: flo
         ),
         "speedup_vs_sequential": metric(
             baseline_s / wall,
-            target=12,
+            target=SPEEDUP_TARGET,
             comparison=">=",
             unit="x",
             baseline=round(baseline_s, 4),
@@ -176,8 +193,12 @@ def bench_shared_quota(si: StandIns, *, containers: int, n: int, download_s: flo
             started.append(
                 start_manifest(si, stack, entries, key, quota=SHARED_QUOTA, spec=spec, name=f"shared-{index}")
             )
+        cpu_before = si.cpu_seconds()
         _release_when_ready(barrier, containers, [child for child, _ in started])
         runs = [finish_manifest(si, child, info, complete=False) for child, info in started]
+        cpu = cpu_ms_per_image(
+            cpu_before, si.cpu_seconds(), containers * n, ManifestFunction=sum(run["handler_cpu_s"] for run in runs)
+        )
     except BaseException:
         for child, _ in started:
             child.stop()
@@ -201,6 +222,8 @@ def bench_shared_quota(si: StandIns, *, containers: int, n: int, download_s: flo
         "waited_at_barrier_s": [round(run["waited_at_barrier_s"], 3) for run in runs],
         "handler_started_spread_s": round(max(r["started_at"] for r in runs) - min(r["started_at"] for r in runs), 4),
         "handler_s": [round(run["handler_s"], 3) for run in runs],
+        "cpu_ms_per_image": cpu,
+        "limiter": limiter_totals(runs, successful),
         "reports": [short_report(run["report"]) for run in runs],
         "window": "from the first successful DetectLabels call of any container to the last (work remains)",
         "note": "each container built its clients and waited; all called the handler once every one was ready",

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from labeler.logic.cache import CachedLabels, LabelCache, UrlMemo, label_cache_tag
+from labeler.logic.cache import CachedLabels, LabelCache, UrlMemo, label_cache_tag, writer_threads
 from labeler.models.label_options import LabelOptions
 
 LABELS = [{"Name": "Cat", "Confidence": 92.0, "Instances": [], "Parents": [], "Aliases": [], "Categories": []}]
@@ -159,3 +159,9 @@ def test_an_s3_object_version_has_its_own_key_beside_the_content_keys() -> None:
     assert fresh.get_source_labels("s3://my-photos/cat.jpg?versionId=v2", TAG) is None
     assert fresh.get_source_labels(identity, label_cache_tag(LabelOptions(min_confidence=80))) is None
     assert make_cache(store, version="4.0").get_source_labels(identity, TAG) is None  # a new model relabels
+
+
+def test_an_invocation_at_the_quota_has_writers_enough_for_its_cache_writes() -> None:
+    # two writes per new image at ~49 images/s and ~20-60 ms per PUT: 2-6 writers busy at the default 32 workers
+    assert writer_threads(32) == 8
+    assert writer_threads(8) == writer_threads(1) == 4

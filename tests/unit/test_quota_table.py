@@ -104,10 +104,41 @@ def test_an_idle_timeline_restarts_now_not_in_the_past(clients: CountingClients,
     slots.lease(5)  # busy now: the next lease guesses "extend"
     clock.now = 3600.0
     lease = slots.lease(5)
-    assert lease.resumed and lease.first == pytest.approx(
-        3600.02
-    )  # the minimum lead (the fake clock's round trips take 0 s)
+    # now plus the minimum lead (the fake clock's round trips take 0 s): time to build the request
+    assert lease.resumed and lease.first == pytest.approx(3600.05)
     assert clients.update_items == 4  # the wrong guess cost one conditional request
+
+
+def test_no_slot_comes_before_the_answer_even_when_others_booked_until_just_before(
+    clients: CountingClients, table: str
+) -> None:
+    clock = FakeClock()
+    other, ours = slots_of(clock, clients, table), slots_of(clock, clients, table)
+    booked = other.lease(5)  # the other process's slots end 0.1 + 5 × 20.4 ms from now
+    clock.now = booked.last  # ours asks while the other's last slot is now: its answer comes after it
+    lease = ours.lease(3)
+    assert lease.first == pytest.approx(clock.now + 0.1)  # ours from now plus its lead, none already past
+    assert not lease.resumed  # someone booked lately: not an idle timeline (no padding, see SlotLimiter)
+    later = other.lease(2)
+    assert later.first == pytest.approx(lease.first + 3 * ours.interval)  # one timeline still: no overlap
+
+
+def test_the_lead_follows_slow_answers_at_once_and_fast_ones_gradually(clients: CountingClients, table: str) -> None:
+    clock = FakeClock()
+    delays = [0.08, 0.0, 0.0]
+
+    def slow_then_fast_clients() -> Any:
+        client = clients()
+        client.meta.events.register("before-send.dynamodb.UpdateItem", lambda **_: clock.sleep(delays.pop(0)))
+        return client
+
+    slots = slots_of(clock, slow_then_fast_clients, table)
+    slots.lease(1)  # answered 80 ms later
+    clock.now = 10.0  # idle again
+    assert slots.lease(1).first - 10.0 == pytest.approx(2 * 0.08)  # twice the slow round trip
+    clock.now = 20.0
+    # one fast answer lowers the estimate by 30 %, not to nothing: a DynamoDB latency spike is not a one-off
+    assert slots.lease(1).first - 20.0 == pytest.approx(2 * 0.7 * 0.08)
 
 
 def test_the_item_expires_by_the_table_ttl_a_day_after_its_last_lease(
@@ -125,10 +156,38 @@ def test_a_limiter_on_the_table_costs_one_request_per_five_calls_when_alone(
 ) -> None:
     clock = FakeClock()
     limiter = SlotLimiter(slots_of(clock, clients, table), clock=clock, sleep=clock.sleep)
+    moments = []
     for _ in range(50):
         limiter.acquire()
+        moments.append(clock.now)
     assert clients.update_items == 10
-    assert clock.now == pytest.approx(0.1 + 49 * slot_interval(50), abs=1e-4)  # evenly spaced, no burst
+    # evenly spaced, never closer: a lone caller that only asks when its last slot has come finds the
+    # timeline's end nearer than the lead, and its next lease starts a lead later (a gap, never a burst)
+    assert min(b - a for a, b in itertools.pairwise(moments)) == pytest.approx(slot_interval(50), abs=1e-4)
+
+
+def test_prepare_builds_the_table_client_once_in_the_background_and_the_first_lease_uses_it(
+    clients: CountingClients, table: str
+) -> None:
+    import threading
+
+    built: list[str] = []
+
+    def recorded_clients() -> Any:
+        built.append(threading.current_thread().name)
+        return clients()
+
+    clock = FakeClock()
+    limiter = SlotLimiter(slots_of(clock, recorded_clients, table), clock=clock, sleep=clock.sleep)
+    limiter.prepare()
+    limiter.prepare()  # idempotent: one client, one thread
+    for _ in range(500):  # the background thread builds it (a few ms); wait for it, not for a duration
+        if built:
+            break
+        threading.Event().wait(0.01)
+    limiter.acquire()
+    assert built == ["limiter-prepare"]  # built once, off the caller's thread
+    assert clients.update_items == 1  # preparing costs no request
 
 
 def test_a_missing_table_means_the_local_pace_logged_once(embedded_aws: EmbeddedAws, clients: CountingClients) -> None:
@@ -167,6 +226,23 @@ def test_a_slow_table_means_the_local_pace(clients: CountingClients, table: str)
         limiter.acquire()
     assert limiter.stats.slots_used == 10
     assert limiter.stats.table_failures == 1 and len(warnings) == 1 and "ReadTimeoutError" in warnings[0]
+
+
+def test_a_limiter_shortens_the_interpreter_lock_switch_interval_never_lengthens_it() -> None:
+    import sys
+
+    from labeler.adapters.quota_table import GIL_SWITCH_INTERVAL
+
+    before = sys.getswitchinterval()
+    try:
+        sys.setswitchinterval(0.005)  # CPython's default
+        build_limiter(50.0)
+        assert sys.getswitchinterval() == pytest.approx(GIL_SWITCH_INTERVAL)  # woken threads send on time
+        sys.setswitchinterval(0.0005)
+        build_limiter(50.0)
+        assert sys.getswitchinterval() == pytest.approx(0.0005)
+    finally:
+        sys.setswitchinterval(before)
 
 
 def test_build_limiter_shares_the_quota_only_through_a_table() -> None:

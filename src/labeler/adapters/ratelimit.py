@@ -22,7 +22,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 from labeler.models.errors import OutOfTime
 
@@ -69,6 +69,13 @@ class SlotSource(Protocol):
     def lease(self, count: int) -> Lease:
         """Reserve ``count`` consecutive slots."""
         ...
+
+
+@runtime_checkable
+class PreparedSource(Protocol):
+    """A source that can get ready for its first lease ahead of it (build a client)."""
+
+    def prepare(self) -> None: ...
 
 
 class LocalSlots:
@@ -160,6 +167,26 @@ class SlotLimiter:
         self._source_retry_at = -math.inf
         self._failures_in_a_row = 0
         self._warned = False
+        self._prepared = False
+
+    def prepare(self) -> None:
+        """Get the source ready for its first lease in the background (once): called when a call is
+        coming (an image is being downloaded), so that the first lease costs one round trip, not a
+        client's construction as well."""
+        if not isinstance(self.source, PreparedSource):
+            return
+        with self._cond:
+            if self._prepared:
+                return
+            self._prepared = True
+        threading.Thread(target=self._prepare_source, name="limiter-prepare", daemon=True).start()
+
+    def _prepare_source(self) -> None:
+        assert isinstance(self.source, PreparedSource)
+        try:
+            self.source.prepare()
+        except Exception:  # the first lease tries again, and falls back if it must
+            return
 
     def acquire(self, latest_start: float | None = None) -> float:
         """Wait for this caller's slot; returns the seconds waited.

@@ -122,9 +122,10 @@ class S3Store:
         *,
         if_none_match: bool = False,
         if_match: str | None = None,
-    ) -> None:
+    ) -> str | None:
         """Write ``document``; conditionally with ``if_none_match`` (nothing there yet) or ``if_match``
-        (still that ETag): :class:`PreconditionFailed` when the condition does not hold.
+        (still that ETag): :class:`PreconditionFailed` when the condition does not hold. Returns the
+        written object's ETag (what a ``HEAD`` would answer, so the writer need not ask).
         """
         from botocore.exceptions import ClientError
 
@@ -140,13 +141,15 @@ class S3Store:
         if if_match is not None:
             kwargs["IfMatch"] = if_match
         try:
-            self.client.put_object(**kwargs)
+            response = self.client.put_object(**kwargs)
         except ClientError as exc:
             code = _error_code(exc)
             # If-Match on an object deleted meanwhile answers 404: the condition failed all the same.
             if code in _PRECONDITION_CODES or (if_match is not None and code in {"NoSuchKey", "404"}):
                 raise PreconditionFailed(f"{key}: {code}") from exc
             raise
+        etag = response.get("ETag")
+        return str(etag) if etag else None
 
     def put_bytes(self, key: str, data: bytes, content_type: str) -> None:
         """Write ``data`` as it is (an index object: a deterministic key, rewritten whole by a retry)."""

@@ -18,7 +18,7 @@ from labeler.adapters.s3_source import S3Sources
 from labeler.adapters.store import S3Store, build_s3_client
 from labeler.handlers.idempotency import OncePerDelivery
 from labeler.logic.budget import BudgetStore, InMemoryBudgetStore
-from labeler.logic.cache import LabelCache
+from labeler.logic.cache import LabelCache, writer_threads
 from labeler.logic.keys import report_key
 from labeler.logic.pipeline import Deadline, FanOutSplit, Services
 from labeler.models.label_options import LabelOptions
@@ -88,7 +88,9 @@ def build_services(settings: Settings) -> Services:
             store,
             backend=backend.name,
             current_model_version=lambda: getattr(backend, "model_version", None),
-            writer=ThreadPoolExecutor(max_workers=4, thread_name_prefix="cache-write"),
+            writer=ThreadPoolExecutor(
+                max_workers=writer_threads(settings.max_workers), thread_name_prefix="cache-write"
+            ),
         )
     load_decoders_in_background()  # after the clients (CPU-bound too): while the first requests wait on the network
     return Services(

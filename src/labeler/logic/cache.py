@@ -108,6 +108,20 @@ class KeyedLocks:
         return len(self._locks)
 
 
+def writer_threads(max_workers: int) -> int:
+    """Threads for the background cache writes of an invocation with ``max_workers`` entry threads.
+
+    A new image is two writes (its labels, its URL memo): at the whole quota (49 images/s) one invocation
+    makes ~100 writes/s, and a small S3 PUT takes ~20-60 ms, so it needs 2-6 writers busy; with fewer,
+    writes queue up and the invocation waits for them before it returns (``flush``). A quarter of the
+    entry threads (8 at the default 32), at least 4.
+
+    >>> writer_threads(32), writer_threads(8)
+    (8, 4)
+    """
+    return max(4, max_workers // 4)
+
+
 class LabelCache:
     """Reads and writes cache documents; every failure to read is a miss, never an error."""
 

@@ -43,7 +43,7 @@ class GuardedStore(Protocol):
         *,
         if_none_match: bool = False,
         if_match: str | None = None,
-    ) -> None: ...
+    ) -> str | None: ...
 
 
 class Verdict(StrEnum):
@@ -56,6 +56,9 @@ class Verdict(StrEnum):
 class Guarded:
     verdict: Verdict
     existing: ObjectHead | None = None  # the object that stands at the key when nothing was written
+    # what this writer put there (its ETag and metadata, as a HEAD would answer), when the store told the ETag:
+    # the writer's next write of the key can start from it instead of looking again
+    written: ObjectHead | None = None
 
 
 class GuardContention(RuntimeError):
@@ -111,9 +114,11 @@ def guarded_put(
                 return Guarded(verdict, current)
             condition = {"if_match": current.etag} if current is not None else {"if_none_match": True}
         try:
-            store.put_json(key, document, metadata, **condition)
+            etag = store.put_json(key, document, metadata, **condition)
         except PreconditionFailed:
             current = store.head(key)
             continue
-        return Guarded(Verdict.WRITTEN)
+        # S3 answers user metadata keys in lower case
+        written = ObjectHead(etag, {name.lower(): value for name, value in metadata.items()}) if etag else None
+        return Guarded(Verdict.WRITTEN, written=written)
     raise GuardContention(f"{key}: still changing after {MAX_ATTEMPTS} conditional writes")

@@ -36,7 +36,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from labeler.adapters.fetch import FetchedImage, ImageFetcher, NotModified, Validators
 from labeler.adapters.images import prepare_image, request_memory, reserve_memory
-from labeler.adapters.labels.base import LabelBackend, detect_with_options
+from labeler.adapters.labels.base import GetsReady, LabelBackend, detect_with_options
 from labeler.adapters.store import ObjectHead, OpenedManifest
 from labeler.logic.budget import BudgetStore, CallBudget, InMemoryBudgetStore, effective_cap
 from labeler.logic.cache import CachedLabels, KeyedLocks, LabelCache, UrlMemo, label_cache_tag
@@ -287,25 +287,44 @@ class _Timings:
 
 
 @dataclass(frozen=True)
-class Lookahead:
-    """What the read-ahead pool fetched for an entry while it waited: its key's ``HEAD`` and its URL memo."""
+class Looked:
+    """What the read-ahead found for an entry: its key's ``HEAD``, and its URL memo if it is to be labeled."""
 
-    head_future: Future[ObjectHead | None] | None = None
-    memo_future: Future[UrlMemo | None] | None = None
+    head: Head = NOT_LOOKED
+    memo: UrlMemo | None = None
+
+
+@dataclass(frozen=True)
+class Lookahead:
+    """The read-ahead of an entry while it waited for a worker (:func:`look_at_entry`)."""
+
+    future: Future[Looked] | None = None
+
+    def looked(self) -> Looked:
+        # look_at_entry never raises (a failed HEAD is NOT_LOOKED, a failed memo read a miss)
+        return self.future.result() if self.future is not None else Looked()
 
     def head(self) -> Head:
-        """The key's HEAD, or ``NOT_LOOKED`` when it failed (the conditional write then finds out)."""
-        if self.head_future is None:
-            return NOT_LOOKED
-        try:
-            return self.head_future.result()
-        except Exception:
-            logger.warning("cannot look at an entry's key; its write decides", exc_info=True)
-            return NOT_LOOKED
+        return self.looked().head
 
     def memo(self) -> UrlMemo | None:
-        # get_url_memo never raises (a failed read is a miss), so neither does the read-ahead.
-        return self.memo_future.result() if self.memo_future is not None else None
+        return self.looked().memo
+
+
+def look_at_entry(services: Services, manifest: ManifestRef, entry: ManifestEntry) -> Looked:
+    """HEAD the entry's key; then, only when there is something to label (no record of this run or a newer
+    one), read its URL memo: a retried run's finished entries cost one request each, not two."""
+    try:
+        head: Head = services.store.head(entry_key(manifest, entry))
+    except Exception:
+        logger.warning("cannot look at an entry's key; its write decides", exc_info=True)
+        head = NOT_LOOKED
+    if isinstance(head, ObjectHead) and judge(head, manifest.stamp) is not None:
+        return Looked(head)
+    # s3:// entries have no URL memo: their cache identity is their version or ETag (logic.s3_entries).
+    if services.cache is None or is_s3_url(entry.url):
+        return Looked(head)
+    return Looked(head, services.cache.get_url_memo(entry.url))
 
 
 def _record_metadata(manifest: ManifestRef, item: EntryItem) -> dict[str, Any]:
@@ -378,13 +397,18 @@ def _fetch(services: Services, url: str, memo: UrlMemo | None, deadline: Deadlin
 
 
 def _label_fresh(
-    services: Services, entry: ManifestEntry, fetched: FetchedImage, timings: _Timings, deadline: Deadline
+    services: Services,
+    entry: ManifestEntry,
+    fetched: FetchedImage,
+    timings: _Timings,
+    deadline: Deadline,
+    known: UrlMemo | None = None,
 ) -> tuple[ResultRecord, EntryOutcome]:
     sha256 = hashlib.sha256(fetched.body).hexdigest()
     if services.cache is None:
-        return _label_content(services, entry, fetched, sha256, timings, deadline)
+        return _label_content(services, entry, fetched, sha256, timings, deadline, known)
     with services.in_flight.hold(sha256):  # identical bytes in flight at once: one DetectLabels call
-        return _label_content(services, entry, fetched, sha256, timings, deadline)
+        return _label_content(services, entry, fetched, sha256, timings, deadline, known)
 
 
 def _label_content(
@@ -394,6 +418,7 @@ def _label_content(
     sha256: str,
     timings: _Timings,
     deadline: Deadline,
+    known: UrlMemo | None,
 ) -> tuple[ResultRecord, EntryOutcome]:
     settings = services.settings
     labeling = services.labeling
@@ -407,7 +432,7 @@ def _label_content(
     cached = services.cache.get_labels(sha256, labeling.cache_tag) if services.cache else None
     if cached is not None:
         record = _success(entry, cached, sha256, source, cached_labels=True, not_modified=False)
-        _remember_url(services, entry.url, fetched, sha256)
+        _remember_url(services, entry.url, fetched, sha256, known)
         return record, EntryOutcome(ok=True, cached=True)
 
     # The call is reserved against the run's cap before the image is prepared (OverBudget: this entry's
@@ -445,16 +470,18 @@ def _label_content(
     )
     if services.cache:
         services.cache.put_labels(sha256, labeling.cache_tag, labeled)  # never raises
-    _remember_url(services, entry.url, fetched, sha256)
+    _remember_url(services, entry.url, fetched, sha256, known)
     record = _success(entry, labeled, sha256, source, cached_labels=False, not_modified=False)
     record.metadata["label_backend"] = result.backend
     return record, EntryOutcome(ok=True, label_ms=timings.marks.get("label", 0.0), label_calls=1)
 
 
-def _remember_url(services: Services, url: str, fetched: FetchedImage, sha256: str) -> None:
-    if services.cache is None or not (fetched.etag or fetched.last_modified):
+def _remember_url(services: Services, url: str, fetched: FetchedImage, sha256: str, known: UrlMemo | None) -> None:
+    """Store the URL's memo, unless the one read before the download already says the same (``known``)."""
+    memo = UrlMemo(etag=fetched.etag, last_modified=fetched.last_modified, sha256=sha256)
+    if services.cache is None or not (fetched.etag or fetched.last_modified) or memo == known:
         return
-    services.cache.put_url_memo(url, UrlMemo(etag=fetched.etag, last_modified=fetched.last_modified, sha256=sha256))
+    services.cache.put_url_memo(url, memo)
 
 
 def _success(
@@ -507,6 +534,8 @@ def _label(
     services: Services, entry: ManifestEntry, memo: UrlMemo | None, timings: _Timings, deadline: Deadline
 ) -> tuple[ResultRecord, EntryOutcome]:
     """Fetch, check and label one entry: its record and outcome. Raises the entry's LabelerError or OutOfTime."""
+    if isinstance(services.backend, GetsReady):  # a label call may follow the download: overlap its set-up
+        services.backend.prepare()
     if is_s3_url(entry.url):  # an object in S3: read from there (or by Rekognition itself), never over HTTP
         from labeler.logic.s3_entries import label_s3_entry
 
@@ -525,7 +554,7 @@ def _label(
         timings.mark("download", started)
     assert isinstance(fetched, FetchedImage)
     deadline.check("after the download")
-    record, outcome = _label_fresh(services, entry, fetched, timings, deadline)
+    record, outcome = _label_fresh(services, entry, fetched, timings, deadline, memo)
     outcome.download_ms = download_ms
     return record, outcome
 
@@ -579,11 +608,7 @@ def _run_one(
 def _look_ahead(pool: ThreadPoolExecutor, services: Services, manifest: ManifestRef, item: EntryItem) -> Lookahead:
     if isinstance(item, RejectedEntry):  # written optimistically: a 412 makes the writer look
         return Lookahead()
-    memo = None
-    # s3:// entries have no URL memo: their cache identity is their version or ETag (logic.s3_entries).
-    if services.cache is not None and not is_s3_url(item.url):
-        memo = pool.submit(services.cache.get_url_memo, item.url)
-    return Lookahead(head_future=pool.submit(services.store.head, entry_key(manifest, item)), memo_future=memo)
+    return Lookahead(pool.submit(look_at_entry, services, manifest, item))
 
 
 # --- many entries -----------------------------------------------------------------------------------
@@ -620,7 +645,9 @@ def process_entries(
     deadline = deadline or Deadline()
     workers = services.settings.max_workers
     run = _Collector(on_outcome)
-    read_ahead = ThreadPoolExecutor(max_workers=max(4, workers), thread_name_prefix="read-ahead")
+    # Half as many threads as workers: a look is one or two small requests, and more threads only contend for
+    # the interpreter with the workers (they looked ahead of 2 × MAX_WORKERS entries all the same).
+    read_ahead = ThreadPoolExecutor(max_workers=max(4, workers // 2), thread_name_prefix="read-ahead")
     try:
         with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="entry") as pool:
             in_flight: set[Future[EntryOutcome]] = set()
@@ -735,14 +762,17 @@ def write_index(index: PartIndex, run: RunResult) -> None:
         run.write_failures.append(str(exc))
 
 
-def finish_run(services: Services, manifest: ManifestRef, state: RunState) -> dict[str, Any]:
+def finish_run(
+    services: Services, manifest: ManifestRef, state: RunState, *, last: ObjectHead | None = None
+) -> dict[str, Any]:
     """Store the run's final report, then call ``on_run_finished`` once per run; returns the report.
 
     Inline and fanned-out runs end here. The hook runs after the report is stored and after a
     conditional claim in the state table, so that only one of several finishers calls it; if it
-    raises, the claim is released and the caller fails, so that a retry calls it again.
+    raises, the claim is released and the caller fails, so that a retry calls it again. ``last``:
+    the report this invocation stored before (see :func:`~labeler.logic.report.publish_report`).
     """
-    published = publish_report(services.store, manifest, state)
+    published = publish_report(services.store, manifest, state, last=last)
     if published.superseded:
         return superseded_summary(manifest, state.tally)
     claims, key = services.progress, run_key(manifest)
@@ -801,7 +831,8 @@ def process_manifest(
 
     fans_out = fan_out is not None and len(head) > services.settings.inline_max_images
     mode = "fanout" if fans_out else "inline"
-    if publish_report(services.store, manifest, RunState(Tally(), "in_progress", mode, options=options)).superseded:
+    started = publish_report(services.store, manifest, RunState(Tally(), "in_progress", mode, options=options))
+    if started.superseded:
         return superseded_summary(manifest, Tally())
     if fan_out is not None and fans_out:
         return fan_out(manifest, entries, head, deadline, options)
@@ -815,7 +846,10 @@ def process_manifest(
     write_index(index, run)
     if run.write_failures or run.stopped_early:
         publish_report(
-            services.store, manifest, RunState(run.tally, "incomplete", mode, run.manifest_error, options=options)
+            services.store,
+            manifest,
+            RunState(run.tally, "incomplete", mode, run.manifest_error, options=options),
+            last=started.written,
         )
         if run.write_failures:
             raise ResultWriteFailed(
@@ -823,4 +857,6 @@ def process_manifest(
             )
         raise DeadlineReached("the Lambda deadline is near; the entries not finished are left for the retry")
     status = final_status(run.tally, run.manifest_error)
-    return finish_run(services, manifest, RunState(run.tally, status, mode, run.manifest_error, options=options))
+    return finish_run(
+        services, manifest, RunState(run.tally, status, mode, run.manifest_error, options=options), last=started.written
+    )

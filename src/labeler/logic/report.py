@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+from labeler.adapters.store import ObjectHead
 from labeler.logic.guard import GuardedStore, Verdict, guarded_put, judge
 from labeler.logic.keys import report_key, results_prefix
 from labeler.logic.pricing import Cost
@@ -217,21 +218,26 @@ class Published:
 
     report: dict[str, Any]
     verdict: Verdict  # WRITTEN; SAME_RUN: this run's final report stands there; SUPERSEDED: a newer run's does
+    written: ObjectHead | None = None  # the report this call stored (for the run's next publish_report)
 
     @property
     def superseded(self) -> bool:
         return self.verdict is Verdict.SUPERSEDED
 
 
-def publish_report(store: GuardedStore, manifest: ManifestRef, state: RunState) -> Published:
+def publish_report(
+    store: GuardedStore, manifest: ManifestRef, state: RunState, *, last: ObjectHead | None = None
+) -> Published:
     """Build the run's report and store it at ``reports/<slug>.json`` unless a newer run's report, or
     this run's final one, is there. The only writer of reports.
 
-    The run's ``started_at`` is kept from the report it wrote first (in its metadata). Raises when
-    S3 fails, so that the delivery is retried.
+    The run's ``started_at`` is kept from the report it wrote first (in its metadata). ``last``: the
+    report this run stored last in this invocation (``Published.written``): the write then starts from
+    it instead of a ``HEAD`` (conditional on its ETag all the same: if anyone wrote since, S3 refuses,
+    and the key is looked at and judged again). Raises when S3 fails, so that the delivery is retried.
     """
     key = report_key(manifest)
-    existing = store.head(key)
+    existing = last if last is not None else store.head(key)
     same_run = existing is not None and judge(existing, manifest.stamp) is Verdict.SAME_RUN
     started_at = (existing.metadata.get("started-at") if same_run and existing else None) or utc_now()
     report = build_report(manifest, state, started_at)
@@ -244,4 +250,4 @@ def publish_report(store: GuardedStore, manifest: ManifestRef, state: RunState) 
         head=existing,
         same_run_stays=lambda theirs: theirs.metadata.get("status") in FINAL_STATUSES,
     )
-    return Published(report, written.verdict)
+    return Published(report, written.verdict, written.written)

@@ -5,9 +5,9 @@
 
 from __future__ import annotations
 
-from labeler.adapters.labels.base import DetectsWithOptions, LabelBackend, LabelResult
+from labeler.adapters.labels.base import DetectsWithOptions, GetsReady, LabelBackend, LabelResult
 
-__all__ = ["DetectsWithOptions", "LabelBackend", "LabelResult", "get_backend"]
+__all__ = ["DetectsWithOptions", "GetsReady", "LabelBackend", "LabelResult", "get_backend"]
 
 
 def get_backend(name: str, **options: object) -> LabelBackend:

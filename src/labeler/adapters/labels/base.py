@@ -46,6 +46,17 @@ class LabelBackend(Protocol):
 
 
 @runtime_checkable
+class GetsReady(Protocol):
+    """A backend that can get ready for a call ahead of it (``RekognitionBackend``: the limiter's client).
+
+    ``prepare()`` returns at once and may be called any number of times; the pipeline calls it when an
+    image starts downloading, so that the work overlaps the download.
+    """
+
+    def prepare(self) -> None: ...
+
+
+@runtime_checkable
 class DetectsWithOptions(Protocol):
     """A backend that answers every DetectLabels option: features, GeneralLabels filters, MaxDominantColors.
 

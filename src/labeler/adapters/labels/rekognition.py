@@ -111,6 +111,11 @@ class RekognitionBackend:
         # The label model version Rekognition last answered with; the label cache checks it.
         self.model_version: str | None = None
 
+    def prepare(self) -> None:
+        """A call is coming: get the limiter ready for it in the background (see ``SlotLimiter.prepare``)."""
+        if self._limiter is not None:
+            self._limiter.prepare()
+
     def detect_labels(
         self, image: bytes, *, min_confidence: float, max_labels: int, deadline: float | None = None
     ) -> LabelResult:

@@ -1,0 +1,118 @@
+"""What a run asks of S3, counted request by request on the embedded endpoint (deterministic, no timing).
+
+Each request is CPU in the function (~2 ms of botocore each) and a request S3 bills; the ones here are
+those a run needs: a look at each entry's key, the two cache reads of a new image, its three writes,
+and the report's. Nothing is asked twice when the answer is known.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from typing import Any
+
+import pytest
+
+from labeler.handlers import manifest_created
+from labeler.handlers.composition import get_services
+from tests.conftest import Buckets, FakeLambdaContext, manifest_of
+from tests.support.site import Site
+
+N = 6  # entries, all /photo.jpg under distinct URLs: one image, six URL memos
+
+
+class S3Requests:
+    """The S3 requests the function's own client sends: by operation, and by operation and key prefix."""
+
+    def __init__(self) -> None:
+        self.by_operation: Counter[str] = Counter()
+        self.by_prefix: Counter[str] = Counter()
+        store = get_services().store
+        self.output_bucket = store.output_bucket  # type: ignore[attr-defined]
+        store.client.meta.events.register("before-parameter-build.s3.*", self._count)  # type: ignore[attr-defined]
+
+    def _count(self, model: Any, params: dict[str, Any], **_: Any) -> None:
+        self.by_operation[model.name] += 1
+        parts = str(params.get("Key", "")).split("/")
+        where = "/".join(parts[:2]) if parts[0] == "cache" else parts[0]
+        self.by_prefix[f"{model.name} {where if params.get('Bucket') == self.output_bucket else 'manifests'}"] += 1
+
+    def clear(self) -> None:
+        self.by_operation.clear()
+        self.by_prefix.clear()
+
+
+@pytest.fixture
+def requests(lambda_env: dict[str, str]) -> S3Requests:
+    return S3Requests()
+
+
+def test_a_first_run_looks_once_per_entry_and_at_the_report_once(
+    buckets: Buckets, site: Site, requests: S3Requests
+) -> None:
+    event = buckets.put_manifest("counted.json", manifest_of(site, N))
+    manifest_created.handler(event, FakeLambdaContext())
+    assert buckets.report()["succeeded"] == N
+    assert requests.by_prefix == {
+        "HeadObject results": N,  # the per-entry check for an earlier attempt
+        "HeadObject reports": 1,  # at the start only: the final report is written over the one this run wrote
+        "GetObject manifests": 1,
+        "GetObject cache/urls": N,
+        "GetObject cache/labels": 1,  # one image: the other URLs find its labels in memory
+        "PutObject reports": 2,  # in_progress, then complete
+        "PutObject results": N,
+        "PutObject cache/urls": N,
+        "PutObject cache/labels": 1,
+    }
+
+
+def test_a_retried_run_reads_nothing_more_for_its_finished_entries(
+    buckets: Buckets, site: Site, requests: S3Requests
+) -> None:
+    event = buckets.put_manifest("retried.json", manifest_of(site, N))
+    manifest_created.handler(event, FakeLambdaContext())
+    requests.clear()
+    manifest_created.handler(event, FakeLambdaContext())  # the same event again: the same run
+    assert requests.by_operation["HeadObject"] == N + 2  # each entry's key, and the final report twice
+    # no URL memo is read for an entry found done, and nothing is written
+    assert requests.by_operation == {"GetObject": 1, "HeadObject": N + 2}
+
+
+def test_a_url_memo_that_says_the_same_is_not_written_again(buckets: Buckets, site: Site, requests: S3Requests) -> None:
+    manifest_created.handler(buckets.put_manifest("first.json", manifest_of(site, N)), FakeLambdaContext())
+    s3 = buckets.s3
+    for key in buckets.output_keys("cache/labels/"):  # the labels expire; the URL memos stay
+        s3.delete_object(Bucket=buckets.output, Key=key)
+    get_services().cache._recent.clear()  # type: ignore[union-attr]  # a new container
+    requests.clear()
+
+    summary = manifest_created.handler(buckets.put_manifest("second.json", manifest_of(site, N)), FakeLambdaContext())
+    assert summary["manifests"][0]["succeeded"] == N
+    assert requests.by_prefix["PutObject cache/labels"] == 1  # labeled again: its labels are stored again
+    assert requests.by_prefix["PutObject cache/urls"] == 0  # same URLs, same validators, same bytes
+
+
+class ReadyCounting:
+    """The container's label backend, counting the ``prepare()`` calls the pipeline makes."""
+
+    def __init__(self, backend: Any) -> None:
+        self.backend = backend
+        self.name = backend.name
+        self.prepared = 0
+
+    def prepare(self) -> None:
+        self.prepared += 1
+
+    def detect_labels(self, image: bytes, **options: Any) -> Any:
+        return self.backend.detect_labels(image, **options)
+
+
+def test_the_label_backend_gets_ready_as_downloads_start_not_for_entries_found_done(
+    buckets: Buckets, site: Site, lambda_env: dict[str, str]
+) -> None:
+    services = get_services()
+    backend = services.backend = ReadyCounting(services.backend)  # type: ignore[assignment]
+    event = buckets.put_manifest("ready.json", manifest_of(site, N))
+    manifest_created.handler(event, FakeLambdaContext())
+    assert backend.prepared == N  # once per download (the limiter acts on the first: see SlotLimiter.prepare)
+    manifest_created.handler(event, FakeLambdaContext())  # the same run again: every entry is found done
+    assert backend.prepared == N
