@@ -230,6 +230,33 @@ def test_objects_that_need_conversion_are_read_from_s3_and_converted(
     }
 
 
+def test_an_object_read_whole_is_held_in_the_image_memory_budget_like_a_download(
+    buckets: Buckets,
+    embedded_aws: EmbeddedAws,
+    lambda_env: dict[str, str],
+    fake_rekognition: FakeRekognition,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from labeler.adapters.memory import process_budget
+
+    bucket = source_bucket(embedded_aws, monkeypatch, versioning=False, MAX_IMAGE_BYTES=str(20 * MIB))
+    budget = process_budget()
+    held_when_read: list[int] = []
+
+    def whole_read(params: dict[str, Any], **_: Any) -> None:
+        if params.get("Key") == "big.png" and "Range" not in params:
+            held_when_read.append(budget.body_used)
+
+    get_services().store.client.meta.events.register("before-parameter-build.s3.GetObject", whole_read)
+    put(embedded_aws, bucket, "big.png", padded_png(images.png(), 16 * MIB))
+    report = run(buckets, "held.json", [f"s3://{bucket}/big.png"])
+
+    assert report["succeeded"] == 1
+    assert held_when_read == [16 * MIB]  # asked for before a byte of it was read
+    __import__("gc").collect()
+    assert budget.used == 0  # and given back once the record was written
+
+
 def test_an_object_over_max_image_bytes_is_too_large_without_being_read(
     buckets: Buckets,
     sources: str,
