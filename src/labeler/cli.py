@@ -548,7 +548,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Label the images of S3 manifests: submit and follow a manifest, read its results, "
         "render a gallery, or run the Lambda handler locally.",
         epilog="exit status: 0 done, 1 the run did not complete, 2 fix something first (bucket, file, stack, "
-        "credentials). See README.md, 'Command line'.",
+        "credentials). See docs/local.md.",
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 

@@ -111,7 +111,7 @@ INDEX_COLUMNS: tuple[Column, ...] = (
     Column("image_id", "string", "the entry's id (given or derived from the URL)"),
     Column("url", "string", "the entry's URL (https://... or s3://bucket/key)"),
     Column("status", "string", "ok or error"),
-    Column("error_code", "string", "the stable error code (README, Error codes); null when ok"),
+    Column("error_code", "string", "the stable error code (docs/reference.md, Error codes); null when ok"),
     Column("label_names", ArrayOf("string"), "names of labels, in the order of labels (for UNNEST)"),
     Column("labels", ArrayOf(LABEL_STRUCT), "DetectLabels labels, compacted; empty on error"),
     Column("content_sha256", "string", "SHA-256 of the image bytes as downloaded"),

@@ -6,7 +6,7 @@ order, as they are read. Problems of the whole manifest raise a :class:`Manifest
 subclass, possibly after some entries were yielded: those stay valid (the report says
 ``partial``).
 
-Accepted forms (README, "Manifests"):
+Accepted forms (docs/manifests-and-results.md):
 
 * one object ``{"url": ..., "id": ...}``; a list of such objects, of URL strings, or both;
   ``{"images": [...]}`` (other top-level keys are ignored; ``images`` wins over ``url``; a second

@@ -62,7 +62,7 @@ from labeler.observability import logger
 if TYPE_CHECKING:
     from labeler.adapters.s3_source import S3Sources
 
-# Rekognition's limits for image bytes and sides (see README, "Limits").
+# Rekognition's limits for image bytes and sides (see docs/reference.md, "Limits").
 REKOGNITION_MAX_BYTES = 5 * 1024 * 1024
 REKOGNITION_MIN_SIDE = 80
 REKOGNITION_MAX_SIDE = 10_000

@@ -2,7 +2,7 @@
 
 An entry that fails ends in an error record ``{"image_id", "url", "error": {"code", "message"}}``
 whose ``code`` is one of :class:`ErrorCode`. The codes are part of the public contract
-(README, "Error codes"): never rename one, only add.
+(docs/reference.md, "Error codes"): never rename one, only add.
 
 >>> raise BlockedAddress("10.0.0.7 is a private address")
 Traceback (most recent call last):
