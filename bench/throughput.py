@@ -19,7 +19,6 @@ from bench.common import (
     OUT_DIR,
     Metrics,
     cpu_ms_per_image,
-    diagnostic,
     limiter_totals,
     log,
     metric,
@@ -77,7 +76,6 @@ def bench_lone_manifest(si: StandIns, *, n: int, download_s: float, label_s: flo
                 raise RuntimeError(f"expected {n} DetectLabels calls, saw {result['rekognition_calls']}")
             result["quota_use"] = utilisation(si.rekognition.arrivals, LONE_QUOTA)
             runs.append(result)
-        diagnostics = _lone_diagnostics(si, entries, label_s, limit)
     finally:
         si.site.delay_seconds = 0.0
 
@@ -118,7 +116,6 @@ def bench_lone_manifest(si: StandIns, *, n: int, download_s: float, label_s: flo
             baseline_is="seconds: the limit max(N/quota, N·(download + label)/MAX_WORKERS) at the defaults",
             raw=raw,
             environment=environment,
-            diagnostics=diagnostics,
         ),
         "speedup_vs_sequential": metric(
             baseline_s / wall,
@@ -132,35 +129,6 @@ def bench_lone_manifest(si: StandIns, *, n: int, download_s: float, label_s: flo
             note=f"at most {baseline_s / limit:.1f}x at these defaults (the loop over the limit)",
         ),
     }
-
-
-def _lone_diagnostics(
-    si: StandIns, entries: list[dict[str, Any]], label_s: float, limit: float
-) -> list[dict[str, Any]]:
-    """The same manifest with ``REKOGNITION_TPS_SHARE=1`` when the template divides the quota (main before #8)."""
-    share = template_defaults(si).get("REKOGNITION_TPS_SHARE")
-    if share in (None, "1"):
-        return []
-    log("lone manifest, diagnostic: REKOGNITION_TPS_SHARE=1 (the quota not divided)")
-    si.rekognition.reset(latency_seconds=label_s, quota_tps=LONE_QUOTA)
-    run = run_manifest(
-        si,
-        si.new_stack("lone-d"),
-        entries,
-        "manifests/lone.json",
-        quota=LONE_QUOTA,
-        diagnostic={"REKOGNITION_TPS_SHARE": "1"},
-    )
-    return [
-        diagnostic(
-            "ratio to limit, the quota not divided",
-            run["handler_s"] / limit,
-            "x",
-            run["environment"],
-            handler_s=round(run["handler_s"], 4),
-            throttled_calls=run["throttled_calls"],
-        )
-    ]
 
 
 def _release_when_ready(barrier: Path, containers: int, children: list[Any], timeout: float = 120) -> None:
