@@ -2,7 +2,7 @@
 
 Each request is CPU in the function (~2 ms of botocore each) and a request S3 bills; the ones here are
 those a run needs: a look at each entry's key, the two cache reads of a new image, its three writes,
-and the report's. Nothing is asked twice when the answer is known.
+the report's and the run's index object. Nothing is asked twice when the answer is known.
 """
 
 from __future__ import annotations
@@ -62,6 +62,7 @@ def test_a_first_run_looks_once_per_entry_and_at_the_report_once(
         "PutObject results": N,
         "PutObject cache/urls": N,
         "PutObject cache/labels": 1,
+        "PutObject index": 1,  # the run's index rows, one object for the inline run
     }
 
 
@@ -73,8 +74,15 @@ def test_a_retried_run_reads_nothing_more_for_its_finished_entries(
     requests.clear()
     manifest_created.handler(event, FakeLambdaContext())  # the same event again: the same run
     assert requests.by_operation["HeadObject"] == N + 2  # each entry's key, and the final report twice
-    # no URL memo is read for an entry found done, and nothing is written
-    assert requests.by_operation == {"GetObject": 1, "HeadObject": N + 2}
+    # no URL memo is read for an entry found done and no record is written; the part's index object is
+    # written again from the records found (its rows must cover every entry of the part)
+    assert requests.by_prefix == {
+        "GetObject manifests": 1,
+        "HeadObject results": N,
+        "HeadObject reports": 2,
+        "GetObject results": N,
+        "PutObject index": 1,
+    }
 
 
 def test_a_url_memo_that_says_the_same_is_not_written_again(buckets: Buckets, site: Site, requests: S3Requests) -> None:
