@@ -534,3 +534,95 @@ def test_a_tick_out_of_time_fails_before_starting_anything(
         manifest_created.handler(tick(TICK_AT, buckets.input), FakeLambdaContext(remaining_ms=100))
     assert report_of(buckets, "watch/late.json")["recheck"] is None
     assert run_tick(buckets)["started"] == 1  # Lambda's retry
+
+
+# --- the command: s3-image-labeler recheck ------------------------------------------------------------------
+def run_cli(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
+    from labeler import cli
+
+    capsys.readouterr()
+    status = cli.main(list(argv))
+    captured = capsys.readouterr()
+    return status, captured.out, captured.err
+
+
+def test_the_command_invokes_the_stack_s_function_asynchronously_and_waits_for_the_re_check_s_event(
+    buckets: Buckets,
+    site: Site,
+    lambda_env: dict[str, str],
+    completion_queue: str,
+    fake_rekognition: FakeRekognition,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from tests.support.fake_lambda import FakeLambda
+
+    photos = Photos(site, 2)
+    upload(buckets, "manifests/asked.json", photos.entries(2))
+    photos.serve(1, images.png("coffee", size=(90, 90)))
+    events_of(buckets, completion_queue, "manifests/asked.json")  # the upload's event, taken away
+
+    def manifest_function(payload: dict[str, Any]) -> dict[str, Any]:  # what Lambda runs: the real handler
+        answer: dict[str, Any] = manifest_created.handler(payload, FakeLambdaContext())
+        return answer
+
+    with FakeLambda(manifest_function) as function:
+        monkeypatch.setenv("AWS_ENDPOINT_URL_LAMBDA", function.endpoint_url)
+        status, out, err = run_cli(
+            capsys,
+            "recheck",
+            "manifests/asked.json",
+            "--input-bucket",
+            buckets.input,
+            "--output-bucket",
+            buckets.output,
+            "--function",
+            "s3-image-labeler-ManifestFunction",
+            "--completion-queue",
+            completion_queue,
+            "--timeout",
+            "60",
+        )
+
+    assert status == 0, err
+    [invocation] = function.invocations
+    assert (invocation["function"], invocation["type"]) == ("s3-image-labeler-ManifestFunction", "Event")
+    request = invocation["payload"]["recheck"]
+    assert (request["bucket"], request["key"], set(request)) == (
+        buckets.input,
+        "manifests/asked.json",
+        {"bucket", "key", "at"},
+    )
+    assert "re-check: complete · 2 entries · 1 unchanged · 1 changed (p1) · 0 gone · 0 failed" in out
+    assert "DetectLabels 1 call, 1 saved" in out and function.errors == []
+
+
+def test_the_command_runs_the_handler_here_against_a_local_endpoint(
+    buckets: Buckets,
+    site: Site,
+    lambda_env: dict[str, str],
+    fake_rekognition: FakeRekognition,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    photos = Photos(site, 2)
+    upload(buckets, "watch/here.json", photos.entries(2))
+    monkeypatch.setenv("LABEL_BACKEND", "rekognition")  # the stand-in; --embedded would pick the offline model
+    where = f"s3://{buckets.input}/watch/here.json"
+
+    status, out, err = run_cli(capsys, "recheck", where, "--output-bucket", buckets.output, "--embedded")
+    assert status == 0, err
+    assert "re-check: complete · 2 entries · 2 unchanged · 0 changed · 0 gone · 0 failed" in out
+
+    status, out, err = run_cli(
+        capsys, "recheck", f"s3://{buckets.input}/watch/never.json", "--output-bucket", buckets.output, "--embedded"
+    )
+    assert (status, err.strip()) == (
+        2,
+        f"s3-image-labeler: error: no such manifest: s3://{buckets.input}/watch/never.json",
+    )
+    buckets.s3.put_object(Bucket=buckets.input, Key="watch/never.json", Body=b"[]")
+    status, out, err = run_cli(
+        capsys, "recheck", f"s3://{buckets.input}/watch/never.json", "--output-bucket", buckets.output, "--embedded"
+    )
+    assert status == 2 and "is not re-checked: not labeled yet (no report)" in err
