@@ -209,6 +209,14 @@ def task_worker(spec: dict[str, Any]) -> dict[str, Any]:
     from labeler.handlers import work_batch
 
     init_s = _build_services()
+    from labeler.handlers import composition
+
+    s3_calls: Counter[str] = Counter()
+
+    def count(event_name: str, **_: Any) -> None:
+        s3_calls[event_name.rsplit(".", 1)[-1]] += 1  # one per API call (retries not included)
+
+    composition.get_services().store.client.meta.events.register("before-call.s3.*", count)  # type: ignore[attr-defined]
     sqs = boto3.client("sqs")
     stop_file = spec["stop_file"]
     deadline = time.monotonic() + float(spec.get("max_seconds", 600))
@@ -247,6 +255,7 @@ def task_worker(spec: dict[str, Any]) -> dict[str, Any]:
         "messages_done": messages_done,
         "messages_failed": redelivered,
         "handler_s": handler_s,
+        "s3_calls": dict(s3_calls),
         "stopped_by": "stop file" if os.path.exists(stop_file) else "max_seconds",
     }
 

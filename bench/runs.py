@@ -34,10 +34,13 @@ def start_manifest(
     diagnostic: dict[str, str] | None = None,
     spec: dict[str, Any] | None = None,
     name: str = "product",
+    event: dict[str, Any] | None = None,
 ) -> tuple[Child, dict[str, Any]]:
-    """Upload ``entries`` as a manifest to the stack's input bucket and start ManifestFunction on its S3 event."""
+    """Upload ``entries`` as a manifest to the stack's input bucket and start ManifestFunction on its S3 event
+    (or on ``event``, e.g. a re-check tick, with nothing uploaded)."""
     input_bucket = si.input_bucket(stack)
-    event = si.upload_manifest(input_bucket, key, entries)
+    if event is None:
+        event = si.upload_manifest(input_bucket, key, entries)
     config = si.function(stack, "ManifestFunction")
     function_env = si.function_env(stack, "ManifestFunction", quota=quota, diagnostic=diagnostic)
     child_spec = {
@@ -100,10 +103,15 @@ def run_fanout(
     quota: float,
     workers: int,
     timeout: float = 600,
+    event: dict[str, Any] | None = None,
+    recheck: str | None = None,
 ) -> dict[str, Any]:
     """A manifest too large to label inline: the splitter (ManifestFunction) in one container, ``workers``
     WorkerFunction containers fed from the work queue as the event source mapping feeds them, until the
-    report is final. Returns the splitter's result, each worker's, the report and the seconds it took."""
+    report is final. Returns the splitter's result, each worker's, the report and the seconds it took.
+
+    ``event`` (a re-check tick) starts the splitter instead of an upload; ``recheck`` (its run's
+    ``ManifestRef.recheck``) says which report is the one to wait for."""
     mapping = si.template.event_source_mapping("WorkerFunction", stack)
     if mapping["queue"] is None:
         raise RuntimeError(f"cannot tell which queue {mapping['mapping']} reads")
@@ -124,10 +132,10 @@ def run_fanout(
     splitter: Child | None = None
     try:
         started = time.time()
-        splitter, info = start_manifest(si, stack, entries, key, quota=quota, name="splitter")
+        splitter, info = start_manifest(si, stack, entries, key, quota=quota, name="splitter", event=event)
         split = finish_manifest(si, splitter, info, complete=False, timeout=timeout)
         splitter = None
-        report = _wait_for_final_report(si, info["output_bucket"], key, deadline=started + timeout)
+        report = _wait_for_final_report(si, info["output_bucket"], key, deadline=started + timeout, recheck=recheck)
         finished = time.time()
     except BaseException:
         stop_file.touch()
@@ -141,6 +149,7 @@ def run_fanout(
     return {
         "splitter": split,
         "workers": results,
+        "worker_s3_calls": _added(result.get("s3_calls", {}) for result in results),
         "report": report,
         "seconds": finished - started,
         "batch_size": mapping["batch_size"],
@@ -150,12 +159,14 @@ def run_fanout(
     }
 
 
-def _wait_for_final_report(si: StandIns, bucket: str, key: str, *, deadline: float) -> dict[str, Any]:
+def _wait_for_final_report(
+    si: StandIns, bucket: str, key: str, *, deadline: float, recheck: str | None = None
+) -> dict[str, Any]:
     report: dict[str, Any] = {}
     last_logged = 0.0
     while time.time() < deadline:
         report = si.reports(bucket).get(key, {})
-        if report.get("status") in FINAL_STATUSES:
+        if report.get("status") in FINAL_STATUSES and report.get("manifest", {}).get("recheck") == recheck:
             return report
         if time.time() - last_logged > 10:
             batches = report.get("batches") or {}
@@ -163,6 +174,14 @@ def _wait_for_final_report(si: StandIns, bucket: str, key: str, *, deadline: flo
             last_logged = time.time()
         time.sleep(0.5)
     raise RuntimeError(f"the fan-out of {key} did not finish in time; last report: {report or 'none'}")
+
+
+def _added(counts: Any) -> dict[str, int]:
+    total: dict[str, int] = {}
+    for each in counts:
+        for name, value in each.items():
+            total[name] = total.get(name, 0) + int(value)
+    return total
 
 
 def read_records(si: StandIns, bucket: str) -> list[dict[str, Any]]:
