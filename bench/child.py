@@ -160,6 +160,33 @@ def _barrier(spec: dict[str, Any]) -> float:
     return time.perf_counter() - started
 
 
+class _AwsCalls:
+    """The API calls a container's own S3 and DynamoDB clients make, by operation (botocore ``before-call``
+    events: one per call, its retries not included)."""
+
+    def __init__(self) -> None:
+        self.s3: Counter[str] = Counter()
+        self.dynamodb: Counter[str] = Counter()
+
+    def as_dict(self) -> dict[str, dict[str, int]]:
+        return {"s3_calls": dict(self.s3), "dynamodb_calls": dict(self.dynamodb)}
+
+
+def _count_aws_calls(services: Any) -> _AwsCalls:
+    calls = _AwsCalls()
+
+    def counter(into: Counter[str]) -> Callable[..., None]:
+        def count(event_name: str, **_: Any) -> None:
+            into[event_name.rsplit(".", 1)[-1]] += 1
+
+        return count
+
+    services.store.client.meta.events.register("before-call.s3.*", counter(calls.s3))
+    if services.progress is not None:  # the state table's client (progress, budgets, leases)
+        services.progress.client.meta.events.register("before-call.dynamodb.*", counter(calls.dynamodb))
+    return calls
+
+
 def task_product(spec: dict[str, Any]) -> dict[str, Any]:
     from labeler.handlers import composition, manifest_created
 
@@ -168,12 +195,7 @@ def task_product(spec: dict[str, Any]) -> dict[str, Any]:
     if spec.get("stub_backend"):  # diagnostics only: labels without botocore serialising the image
         services = dataclasses.replace(services, backend=StubBackend())
         composition.reset_services(services)
-    s3_calls: Counter[str] = Counter()
-
-    def count(event_name: str, **_: Any) -> None:
-        s3_calls[event_name.rsplit(".", 1)[-1]] += 1  # one per API call (retries not included)
-
-    services.store.client.meta.events.register("before-call.s3.*", count)  # type: ignore[attr-defined]
+    calls = _count_aws_calls(services)
     waited_s = _barrier(spec)
     cpu_before = cpu_seconds()
     sampler = _StackSampler(os.environ["BENCH_SAMPLE"]) if os.environ.get("BENCH_SAMPLE") else None
@@ -192,7 +214,7 @@ def task_product(spec: dict[str, Any]) -> dict[str, Any]:
         "finished_at": started_at + (finished - started),
         "waited_at_barrier_s": waited_s,
         "response": response,
-        "s3_calls": dict(s3_calls),
+        **calls.as_dict(),
     }
 
 
@@ -206,17 +228,10 @@ def task_worker(spec: dict[str, Any]) -> dict[str, Any]:
     import boto3
     from tests.support.sqs_driver import sqs_event
 
-    from labeler.handlers import work_batch
+    from labeler.handlers import composition, work_batch
 
     init_s = _build_services()
-    from labeler.handlers import composition
-
-    s3_calls: Counter[str] = Counter()
-
-    def count(event_name: str, **_: Any) -> None:
-        s3_calls[event_name.rsplit(".", 1)[-1]] += 1  # one per API call (retries not included)
-
-    composition.get_services().store.client.meta.events.register("before-call.s3.*", count)  # type: ignore[attr-defined]
+    calls = _count_aws_calls(composition.get_services())
     sqs = boto3.client("sqs")
     stop_file = spec["stop_file"]
     deadline = time.monotonic() + float(spec.get("max_seconds", 600))
@@ -255,7 +270,7 @@ def task_worker(spec: dict[str, Any]) -> dict[str, Any]:
         "messages_done": messages_done,
         "messages_failed": redelivered,
         "handler_s": handler_s,
-        "s3_calls": dict(s3_calls),
+        **calls.as_dict(),
         "stopped_by": "stop file" if os.path.exists(stop_file) else "max_seconds",
     }
 

@@ -149,7 +149,6 @@ def run_fanout(
     return {
         "splitter": split,
         "workers": results,
-        "worker_s3_calls": _added(result.get("s3_calls", {}) for result in results),
         "report": report,
         "seconds": finished - started,
         "batch_size": mapping["batch_size"],
@@ -174,14 +173,6 @@ def _wait_for_final_report(
             last_logged = time.time()
         time.sleep(0.5)
     raise RuntimeError(f"the fan-out of {key} did not finish in time; last report: {report or 'none'}")
-
-
-def _added(counts: Any) -> dict[str, int]:
-    total: dict[str, int] = {}
-    for each in counts:
-        for name, value in each.items():
-            total[name] = total.get(name, 0) + int(value)
-    return total
 
 
 def read_records(si: StandIns, bucket: str) -> list[dict[str, Any]]:

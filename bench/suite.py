@@ -252,7 +252,11 @@ def main(argv: list[str] | None = None) -> int:
         with StandIns() as si:
             defaults = deployment(si)
             attempt("cache", ["rekognition_calls_on_reupload", "calls_for_identical_bytes"], lambda: bench_cache(si))
-            attempt("recheck", ["recheck_calls_per_unchanged_image"], lambda: bench_recheck(si, n=args.recheck_images))
+            attempt(
+                "recheck",
+                ["recheck_calls_per_unchanged_image"],
+                lambda: bench_recheck(si, n=args.recheck_images, download_s=DOWNLOAD_S),
+            )
             attempt(
                 "throughput",
                 ["lone_manifest_ratio_to_limit", "speedup_vs_sequential"],
