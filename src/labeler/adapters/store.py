@@ -172,16 +172,8 @@ class S3Store:
 
     def get_json_with_metadata(self, key: str) -> tuple[dict[str, Any], dict[str, str]] | None:
         """The JSON document at ``key`` and its user metadata (which run wrote it), or None when there is none."""
-        from botocore.exceptions import ClientError
-
-        try:
-            response = self.client.get_object(Bucket=self.output_bucket, Key=key)
-        except ClientError as exc:
-            if exc.response.get("Error", {}).get("Code") in {"NoSuchKey", "404"}:
-                return None
-            raise
-        document: dict[str, Any] = json.loads(response["Body"].read())
-        return document, dict(response.get("Metadata", {}))
+        found = self.get_record(key)
+        return None if found is None else (found.document, found.head.metadata)
 
     def get_record(self, key: str) -> StoredRecord | None:
         """The record at ``key`` with its ETag and metadata (one GET: what a ``HEAD`` says, and the body), or None."""
