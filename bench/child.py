@@ -196,6 +196,33 @@ def _limiter_stats() -> dict[str, Any]:
     return stats
 
 
+class _AwsCalls:
+    """The API calls a container's own S3 and DynamoDB clients make, by operation (botocore ``before-call``
+    events: one per call, its retries not included)."""
+
+    def __init__(self) -> None:
+        self.s3: Counter[str] = Counter()
+        self.dynamodb: Counter[str] = Counter()
+
+    def as_dict(self) -> dict[str, dict[str, int]]:
+        return {"s3_calls": dict(self.s3), "dynamodb_calls": dict(self.dynamodb)}
+
+
+def _count_aws_calls(services: Any) -> _AwsCalls:
+    calls = _AwsCalls()
+
+    def counter(into: Counter[str]) -> Callable[..., None]:
+        def count(event_name: str, **_: Any) -> None:
+            into[event_name.rsplit(".", 1)[-1]] += 1
+
+        return count
+
+    services.store.client.meta.events.register("before-call.s3.*", counter(calls.s3))
+    if services.progress is not None:  # the state table's client (progress, budgets, leases)
+        services.progress.client.meta.events.register("before-call.dynamodb.*", counter(calls.dynamodb))
+    return calls
+
+
 def task_product(spec: dict[str, Any]) -> dict[str, Any]:
     from labeler.handlers import composition, manifest_created
 
@@ -206,12 +233,7 @@ def task_product(spec: dict[str, Any]) -> dict[str, Any]:
     if spec.get("stub_backend"):  # diagnostics only: labels without botocore serialising the image
         services = dataclasses.replace(services, backend=StubBackend())
         composition.reset_services(services)
-    s3_calls: Counter[str] = Counter()
-
-    def count(event_name: str, **_: Any) -> None:
-        s3_calls[event_name.rsplit(".", 1)[-1]] += 1  # one per API call (retries not included)
-
-    services.store.client.meta.events.register("before-call.s3.*", count)  # type: ignore[attr-defined]
+    calls = _count_aws_calls(services)
     waited_s = _barrier(spec)
     cpu_before, sys_before = cpu_seconds(), resource.getrusage(resource.RUSAGE_SELF).ru_stime
     sampler = _StackSampler(os.environ["BENCH_SAMPLE"]) if os.environ.get("BENCH_SAMPLE") else None
@@ -236,8 +258,8 @@ def task_product(spec: dict[str, Any]) -> dict[str, Any]:
         "finished_at": started_at + (finished - started),
         "waited_at_barrier_s": waited_s,
         "response": response,
-        "s3_calls": dict(s3_calls),
         "limiter": _limiter_stats(),
+        **calls.as_dict(),
     }
 
 
@@ -308,11 +330,12 @@ def task_worker(spec: dict[str, Any]) -> dict[str, Any]:
     import boto3
     from tests.support.sqs_driver import sqs_event
 
-    from labeler.handlers import work_batch
+    from labeler.handlers import composition, work_batch
 
     trace = _trace()
     init_s = _build_services()
     _watch(trace)
+    calls = _count_aws_calls(composition.get_services())
     stop_file = spec["stop_file"]
     deadline = time.monotonic() + float(spec.get("max_seconds", 600))
 
@@ -358,6 +381,7 @@ def task_worker(spec: dict[str, Any]) -> dict[str, Any]:
         "handler_s": handler_s,
         "cpu_s": cpu_s,
         "limiter": _limiter_stats(),
+        **calls.as_dict(),
         "stopped_by": "stop file" if os.path.exists(stop_file) else "max_seconds",
     }
 

@@ -34,10 +34,13 @@ def start_manifest(
     diagnostic: dict[str, str] | None = None,
     spec: dict[str, Any] | None = None,
     name: str = "product",
+    event: dict[str, Any] | None = None,
 ) -> tuple[Child, dict[str, Any]]:
-    """Upload ``entries`` as a manifest to the stack's input bucket and start ManifestFunction on its S3 event."""
+    """Upload ``entries`` as a manifest to the stack's input bucket and start ManifestFunction on its S3 event
+    (or on ``event``, e.g. a re-check tick, with nothing uploaded)."""
     input_bucket = si.input_bucket(stack)
-    event = si.upload_manifest(input_bucket, key, entries)
+    if event is None:
+        event = si.upload_manifest(input_bucket, key, entries)
     config = si.function(stack, "ManifestFunction")
     function_env = si.function_env(stack, "ManifestFunction", quota=quota, diagnostic=diagnostic)
     child_spec = {
@@ -104,10 +107,15 @@ def run_fanout(
     quota: float,
     workers: int,
     timeout: float = 600,
+    event: dict[str, Any] | None = None,
+    recheck: str | None = None,
 ) -> dict[str, Any]:
     """A manifest too large to label inline: the splitter (ManifestFunction) in one container, ``workers``
     WorkerFunction containers fed from the work queue as the event source mapping feeds them, until the
-    report is final. Returns the splitter's result, each worker's, the report and the seconds it took."""
+    report is final. Returns the splitter's result, each worker's, the report and the seconds it took.
+
+    ``event`` (a re-check tick) starts the splitter instead of an upload; ``recheck`` (its run's
+    ``ManifestRef.recheck``) says which report is the one to wait for."""
     mapping = si.template.event_source_mapping("WorkerFunction", stack)
     if mapping["queue"] is None:
         raise RuntimeError(f"cannot tell which queue {mapping['mapping']} reads")
@@ -128,11 +136,11 @@ def run_fanout(
     splitter: Child | None = None
     try:
         started = time.time()
-        splitter, info = start_manifest(si, stack, entries, key, quota=quota, name="splitter")
+        splitter, info = start_manifest(si, stack, entries, key, quota=quota, name="splitter", event=event)
         cpu_before = si.cpu_seconds()
         split = finish_manifest(si, splitter, info, complete=False, timeout=timeout)
         splitter = None
-        report = _wait_for_final_report(si, info["output_bucket"], key, deadline=started + timeout)
+        report = _wait_for_final_report(si, info["output_bucket"], key, deadline=started + timeout, recheck=recheck)
         finished = time.time()
     except BaseException:
         stop_file.touch()
@@ -163,12 +171,14 @@ def run_fanout(
     }
 
 
-def _wait_for_final_report(si: StandIns, bucket: str, key: str, *, deadline: float) -> dict[str, Any]:
+def _wait_for_final_report(
+    si: StandIns, bucket: str, key: str, *, deadline: float, recheck: str | None = None
+) -> dict[str, Any]:
     report: dict[str, Any] = {}
     last_logged = 0.0
     while time.time() < deadline:
         report = si.reports(bucket).get(key, {})
-        if report.get("status") in FINAL_STATUSES:
+        if report.get("status") in FINAL_STATUSES and report.get("manifest", {}).get("recheck") == recheck:
             return report
         if time.time() - last_logged > 10:
             batches = report.get("batches") or {}

@@ -7,7 +7,7 @@ must change. The code under test runs in child processes (``bench/child.py``), o
 Missed targets are reported, not failed: the exit status is non-zero only when a measurement
 itself could not be made.
 
-Groups (``--only``): import, coldstart, local, parse, cache, throughput, shared, fanout, memory.
+Groups (``--only``): import, coldstart, local, parse, cache, recheck, throughput, shared, fanout, memory.
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ from bench.common import BENCH_DIR, Metrics, error_metric, log, metric, run_chil
 from bench.standins import ROOT, StandIns, child_base_env
 
 DEFAULT_RESULTS = BENCH_DIR / "results.json"
-GROUPS = ("import", "coldstart", "local", "parse", "cache", "throughput", "shared", "fanout", "memory")
+GROUPS = ("import", "coldstart", "local", "parse", "cache", "recheck", "throughput", "shared", "fanout", "memory")
 ORDER = (
     "lone_manifest_ratio_to_limit",
     "speedup_vs_sequential",
@@ -42,6 +42,7 @@ ORDER = (
     "peak_rss_mb",
     "rekognition_calls_on_reupload",
     "calls_for_identical_bytes",
+    "recheck_calls_per_unchanged_image",
     "local_images_per_s",
 )
 DOWNLOAD_S, LABEL_S = 0.1, 0.15  # an image host's 100 ms, Rekognition's 150 ms
@@ -190,6 +191,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--fanout-images", type=int, default=2000, help="entries of the fanned-out manifest")
     parser.add_argument("--fanout-workers", type=int, default=None, help="worker containers (default: the template's)")
     parser.add_argument("--memory-images", type=int, default=400, help="entries the worker container takes in batches")
+    parser.add_argument("--recheck-images", type=int, default=200, help="entries of the watched manifest re-checked")
     parser.add_argument("--cold-runs", type=int, default=5, help="cold starts of each handler (interleaved, medians)")
     parser.add_argument("--import-runs", type=int, default=15)
     parser.add_argument(
@@ -210,6 +212,7 @@ def main(argv: list[str] | None = None) -> int:
     from bench.fanout import bench_fanout
     from bench.imports import bench_import
     from bench.memory import bench_memory
+    from bench.recheck import bench_recheck
     from bench.throughput import bench_lone_manifest, bench_shared_quota
 
     started_at, t0 = dt.datetime.now(dt.UTC), time.perf_counter()
@@ -249,6 +252,11 @@ def main(argv: list[str] | None = None) -> int:
         with StandIns() as si:
             defaults = deployment(si)
             attempt("cache", ["rekognition_calls_on_reupload", "calls_for_identical_bytes"], lambda: bench_cache(si))
+            attempt(
+                "recheck",
+                ["recheck_calls_per_unchanged_image"],
+                lambda: bench_recheck(si, n=args.recheck_images, download_s=DOWNLOAD_S),
+            )
             attempt(
                 "throughput",
                 ["lone_manifest_ratio_to_limit", "speedup_vs_sequential"],

@@ -7,6 +7,7 @@
     s3-image-labeler gallery s3://IN/manifests/my-images.json --output-bucket OUT -o gallery.html
     s3-image-labeler invoke events/s3-put-manifest.json --embedded
     s3-image-labeler estimate my-images.json --stack s3-image-labeler
+    s3-image-labeler recheck watch/my-images.json --stack s3-image-labeler
 
 Bucket names come from ``--input-bucket``/``--output-bucket``, else the stack's outputs
 (``--stack NAME``: ``InputBucketName``, ``OutputBucketName``), else ``INPUT_BUCKET``/``OUTPUT_BUCKET``.
@@ -629,10 +630,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     # Commands and options whose code lives in their own modules (labeler/local/): registered here, nothing else.
     from labeler.local.query_command import add_query_command
+    from labeler.local.recheck_command import add_recheck_command
     from labeler.local.s3_prefix import add_prefix_options
 
     add_prefix_options(submit, cmd_submit)
     add_query_command(commands, common)
+    add_recheck_command(commands, common)
     return parser
 
 

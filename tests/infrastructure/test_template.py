@@ -225,8 +225,11 @@ def test_bucket_names_are_deterministic_and_iam_names_the_input_bucket_without_a
 def test_no_full_access_or_wildcard_managed_policies(template: dict[str, Any], transformed: dict[str, Any]) -> None:
     assert "FullAccess" not in (ROOT / "template.yaml").read_text(encoding="utf-8")
     roles = resources(transformed, "AWS::IAM::Role")
-    assert set(roles) == {f"{f}Role" for f in FUNCTIONS}
+    assert set(roles) == {f"{f}Role" for f in FUNCTIONS} | {"RecheckScheduleRole"}
     for name, role in roles.items():
+        if name == "RecheckScheduleRole":  # the scheduler's own role: inline statements only
+            assert "ManagedPolicyArns" not in role["Properties"]
+            continue
         arns = role["Properties"].get("ManagedPolicyArns", [])
         names = {json.dumps(arn).split(":policy/")[-1].rstrip('"]}') for arn in arns}
         # e.g. no AWSLambdaSQSQueueExecutionRole, whose statements apply to every queue
@@ -989,3 +992,67 @@ def test_the_allow_list_reaches_the_functions_as_settings(template: dict[str, An
     settings = Settings.from_env({"OUTPUT_BUCKET": "out", "SOURCE_BUCKETS": "photos-a, photos-b,,"})
     assert settings.source_bucket_names == {"photos-a", "photos-b"}
     assert Settings.from_env({"OUTPUT_BUCKET": "out"}).source_bucket_names == frozenset()
+
+
+# --- issue 11: scheduled re-checks of watch/ (docs/recheck.md) -----------------------------------------
+def test_the_re_check_schedule_is_a_parameter_on_by_default_and_off_removes_it(template: dict[str, Any]) -> None:
+    parameter = template["Parameters"]["RecheckSchedule"]
+    assert parameter["Default"] == "rate(1 day)"
+    pattern = parameter["AllowedPattern"]
+    for accepted in ("rate(1 day)", "rate(12 hours)", "cron(0 3 * * ? *)", "off"):
+        assert re.fullmatch(pattern, accepted), accepted
+    for refused in ("", "daily", "rate(1 day) ", "OFF"):
+        assert not re.fullmatch(pattern, refused), refused
+    for name in ("RecheckScheduleRole", "WatchedManifestsSchedule"):
+        assert template["Resources"][name]["Condition"] == "RecheckOn"
+    assert template["Outputs"]["WatchedManifestsScheduleArn"]["Condition"] == "RecheckOn"
+    assert condition("RecheckOn", {"RecheckSchedule": "rate(1 day)"}, template["Conditions"])
+    assert not condition("RecheckOn", {"RecheckSchedule": "off"}, template["Conditions"])
+
+
+def test_the_schedule_sends_the_tick_the_handler_reads_with_retries_and_a_dead_letter_queue(
+    template: dict[str, Any],
+) -> None:
+    from labeler.logic.recheck import EVENT_KEY, WATCH_PREFIX, RecheckRequest
+
+    schedule = props(template, "WatchedManifestsSchedule")
+    assert schedule["ScheduleExpression"] == {"Ref": "RecheckSchedule"}
+    assert (schedule["ScheduleExpressionTimezone"], schedule["State"]) == ("UTC", "ENABLED")
+    assert schedule["FlexibleTimeWindow"] == {"Mode": "OFF"}
+    target = schedule["Target"]
+    assert target["Arn"] == {"Fn::GetAtt": ["ManifestFunction", "Arn"]}
+    assert target["RoleArn"] == {"Fn::GetAtt": ["RecheckScheduleRole", "Arn"]}
+    assert target["DeadLetterConfig"] == {"Arn": {"Fn::GetAtt": ["FailureQueue", "Arn"]}}
+    assert target["RetryPolicy"]["MaximumRetryAttempts"] >= 1
+    text = target["Input"]["Fn::Sub"]
+    # what EventBridge Scheduler delivers: the bucket resolved, the scheduled time in place of its placeholder
+    delivered = json.loads(
+        text.replace("${InputBucket}", "my-input").replace("<aws.scheduler.scheduled-time>", "2026-11-26T00:00:00Z")
+    )
+    request = RecheckRequest.from_event(delivered[EVENT_KEY])
+    assert (request.bucket, request.prefix, request.key) == ("my-input", WATCH_PREFIX, None)
+    assert request.at == "20261126T000000.000Z"
+
+
+def test_the_scheduler_role_may_invoke_the_manifest_function_and_dead_letter_and_nothing_else(
+    template: dict[str, Any],
+) -> None:
+    role = props(template, "RecheckScheduleRole")
+    [trust] = role["AssumeRolePolicyDocument"]["Statement"]
+    assert trust["Principal"] == {"Service": "scheduler.amazonaws.com"} and trust["Action"] == "sts:AssumeRole"
+    assert trust["Condition"] == {"StringEquals": {"aws:SourceAccount": {"Ref": "AWS::AccountId"}}}
+    statements = [s for policy in role["Policies"] for s in policy["PolicyDocument"]["Statement"]]
+    granted = {(action, json.dumps(s["Resource"])) for s in statements for action in as_list(s["Action"])}
+    assert granted == {
+        ("lambda:InvokeFunction", json.dumps({"Fn::GetAtt": ["ManifestFunction", "Arn"]})),
+        ("sqs:SendMessage", json.dumps({"Fn::GetAtt": ["FailureQueue", "Arn"]})),
+    }
+
+
+def test_the_manifest_function_may_list_the_input_bucket_for_the_tick(transformed: dict[str, Any]) -> None:
+    # ListObjectsV2 of watch/: the ListBucket the function already holds so that a missing manifest is a 404
+    # (that check cannot carry an s3:prefix condition, so the listing is not narrower than it)
+    listing = statement_by_sid(transformed, "ManifestFunction", "ManifestMissingIs404")
+    assert listing["Action"] == "s3:ListBucket" and "Condition" not in listing
+    assert "-input-${AWS::AccountId}-${AWS::Region}" in json.dumps(listing["Resource"])
+    assert not allows(role_statements(transformed, "WorkerFunction"), "s3:ListBucket", "InputBucket")

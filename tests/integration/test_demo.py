@@ -101,12 +101,21 @@ def test_the_demo_labels_the_photos_and_writes_the_gallery(
     ending = out[out.index("index:    1 object(s) under s3://") :]
     assert f"{ENTRIES} rows (one per entry)" in ending
     assert "images_with_label (a named query of template.yaml" in ending
-    found = [line.split("│")[1:3] for line in ending.splitlines() if line.startswith("│")]
+    queried = ending[: ending.index("re-check (the manifest is under watch/")]
+    found = [line.split("│")[1:3] for line in queried.splitlines() if line.startswith("│")]
     assert [(label.strip(), image_id.strip()) for label, image_id in found] == [
         ("Cat", "chelsea-the-cat"),
         ("Cat", "cat-in-s3"),  # the photo read from the source bucket: in the same index
         ("Coffee", "coffee"),
     ]
+    # The re-check: the rocket changed on its server; one call, its result object alone written again.
+    rechecked = ending[ending.index("re-check (the manifest is under watch/") :]
+    assert "re-check: complete · 11 entries · 5 unchanged · 1 changed (rocket) · 0 gone · 5 failed" in rechecked
+    assert "DetectLabels 1 call, 5 saved" in rechecked
+    assert "written   1 result object(s): rocket; the 10 others untouched" in rechecked
+    changed = [line.split("│")[1:4] for line in rechecked.splitlines() if line.startswith("│")]
+    assert [cell.strip() for cell in changed[0][:1]] == ["rocket"] and "Cat" in changed[0][2]
+    assert "✓ the re-check relabeled the changed photo alone and wrote nothing else" in out
     for port in {int(p) for p in _ports_in(out)}:
         assert not accepts_connections(port)
 

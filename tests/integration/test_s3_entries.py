@@ -12,6 +12,7 @@ import itertools
 import json
 import struct
 import zlib
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -608,3 +609,30 @@ def test_an_object_replaced_between_its_two_reads_is_not_labeled_under_the_old_e
     assert record["error"]["aws_code"] in {"PreconditionFailed", "412"}
     assert "changed while it was being read" in record["error"]["message"]
     assert fake_rekognition.state.calls == 0
+
+
+# --- re-checks (issue 11 §1) --------------------------------------------------------------------------
+def test_a_re_check_of_s3_objects_labels_only_the_replaced_one(
+    buckets: Buckets, sources: str, embedded_aws: EmbeddedAws, fake_rekognition: FakeRekognition
+) -> None:
+    from tests.integration.test_rechecks import NEXT_TICK_AT, result_versions, run_tick, versioned_output
+
+    versioned_output(buckets)
+    put(embedded_aws, sources, "cat.jpg", images.jpeg())  # through Image.S3Object: no hash of its bytes
+    put(embedded_aws, sources, "dog.jpg", images.jpeg(size=(200, 150)))
+    manifest = [{"url": f"s3://{sources}/{name}.jpg", "id": name} for name in ("cat", "dog")]
+    assert run(buckets, "watch/in-s3.json", manifest)["succeeded"] == 2
+    assert image_kinds(fake_rekognition) == ["S3Object", "S3Object"]
+    calls, written = fake_rekognition.state.successful_calls, result_versions(buckets)
+
+    run_tick(buckets)  # nothing changed: no call, nothing written
+    assert fake_rekognition.state.successful_calls == calls and result_versions(buckets) == written
+    report = buckets.read_json(report_key(ManifestRef(buckets.input, "watch/in-s3.json")))
+    assert (report["recheck"]["unchanged"], report["recheck"]["changed"]) == (2, 0)
+
+    put(embedded_aws, sources, "dog.jpg", images.jpeg(size=(220, 160)))  # a new object under the same key
+    run_tick(buckets, NEXT_TICK_AT)
+    assert fake_rekognition.state.successful_calls == calls + 1  # the dog only
+    assert result_versions(buckets) == written + Counter({"dog": 1})
+    report = buckets.read_json(report_key(ManifestRef(buckets.input, "watch/in-s3.json")))
+    assert (report["recheck"]["unchanged"], report["recheck"]["changed_ids"]) == (1, ["dog"])

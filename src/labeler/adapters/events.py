@@ -50,6 +50,7 @@ SUMMARY_FIELDS = (
     "already_done",
     "cost",
     "mode",
+    "recheck",  # a re-check run's findings (unchanged, changed, gone, failed, changed ids); null otherwise
     "results_prefix",
     "started_at",
     "finished_at",

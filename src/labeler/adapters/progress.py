@@ -10,6 +10,12 @@ Items (key ``id``), all expiring by the table's TTL attribute ``expiration``:
 * ``run#<run key>#batch#<n>``: written once when batch ``n`` is counted.
 * ``run#<run key>#batch#<n>#failure``: why the last failed delivery of batch ``n`` failed (the
   delivery that gives up on the batch names it; a killed delivery leaves none).
+* ``tick#<bucket>#<prefix>#<time>``: how far a scheduled re-check of watched manifests got (``after``:
+  the last manifest key it is done with), so that a tick that runs out of time resumes there.
+
+A re-check run's counters add ``unchanged``/``changed``/``gone``/``recheck_failed``, ``rf_<code>`` (why
+re-checks failed) and ``changed_ids`` (up to ``CHANGED_IDS_MAX`` of the changed image ids, appended in the
+batch's transaction).
 
 Each finished batch is recorded in one transaction: the batch item, which may exist only once
 (``attribute_not_exists``), plus ``ADD`` to the run's counters. A batch delivered twice by SQS is
@@ -24,9 +30,22 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from labeler.logic.report import Tally
+from labeler.logic.report import CHANGED_IDS_MAX, Tally
 
-_COUNTERS = ("succeeded", "failed", "labels_from_cache", "not_modified", "already_done", "superseded", "label_calls")
+_COUNTERS = (
+    "succeeded",
+    "failed",
+    "labels_from_cache",
+    "not_modified",
+    "already_done",
+    "superseded",
+    "label_calls",
+    # a re-check run's findings (docs/recheck.md)
+    "unchanged",
+    "changed",
+    "gone",
+    "recheck_failed",
+)
 _SUMS = ("download_ms", "label_ms")
 # Progress items outlive any run by far; the table's TTL (attribute ``expiration``) then removes them.
 PROGRESS_TTL_SECONDS = 30 * 24 * 3600
@@ -63,10 +82,19 @@ class ProgressTable:
         values[":one"] = {"N": "1"}
         values[":expiration"] = _expiration()
         parts = ["batches_done :one", *(f"#{name} :{name}" for name in (*_COUNTERS, *_SUMS))]
-        for number, (code, count) in enumerate(sorted(tally.errors_by_code.items())):
-            names[f"#e{number}"] = f"err_{code}"
-            values[f":e{number}"] = {"N": str(count)}
-            parts.append(f"#e{number} :e{number}")
+        codes = [("err", tally.errors_by_code), ("rf", tally.recheck_errors_by_code)]
+        for prefix, counts in codes:
+            for number, (code, count) in enumerate(sorted(counts.items())):
+                names[f"#{prefix}{number}"] = f"{prefix}_{code}"
+                values[f":{prefix}{number}"] = {"N": str(count)}
+                parts.append(f"#{prefix}{number} :{prefix}{number}")
+        update = "ADD " + ", ".join(parts) + " SET expiration = :expiration"
+        room = CHANGED_IDS_MAX - len(self.read(run_key).tally.changed_ids) if tally.changed_ids else 0
+        if room > 0:  # a sample, read before: concurrent batches may add a few more (the report keeps 100)
+            names["#changed_ids"] = "changed_ids"
+            values[":changed_ids"] = {"L": [{"S": image_id} for image_id in tally.changed_ids[:room]]}
+            values[":empty"] = {"L": []}
+            update += ", #changed_ids = list_append(if_not_exists(#changed_ids, :empty), :changed_ids)"
         try:
             self.client.transact_write_items(
                 TransactItems=[
@@ -81,7 +109,7 @@ class ProgressTable:
                         "Update": {
                             "TableName": self.table,
                             "Key": self._run_id(run_key),
-                            "UpdateExpression": "ADD " + ", ".join(parts) + " SET expiration = :expiration",
+                            "UpdateExpression": update,
                             "ExpressionAttributeNames": names,
                             "ExpressionAttributeValues": values,
                         }
@@ -147,6 +175,9 @@ class ProgressTable:
         for name, value in item.items():
             if name.startswith("err_"):
                 tally.errors_by_code[name[4:]] = int(value["N"])
+            elif name.startswith("rf_"):
+                tally.recheck_errors_by_code[name[3:]] = int(value["N"])
+        tally.changed_ids = [str(value["S"]) for value in item.get("changed_ids", {}).get("L", [])]
         return RunProgress(
             batch_count=int(number("batch_count")) if "batch_count" in item else None,
             batches_done=int(number("batches_done")),
@@ -190,3 +221,23 @@ class ProgressTable:
     def release_finished(self, run_key: str) -> None:
         """Undo :meth:`claim_finished` (the end hook failed: the retry claims and calls it again)."""
         self.client.update_item(TableName=self.table, Key=self._run_id(run_key), UpdateExpression="REMOVE finished")
+
+    # --- scheduled re-checks -------------------------------------------------------------------------
+    def tick_cursor(self, tick_key: str) -> str:
+        """The last manifest key the tick ``tick_key`` is done with ("": none yet)."""
+        item = self.client.get_item(
+            TableName=self.table, Key={"id": {"S": f"tick#{tick_key}"}}, ConsistentRead=True
+        ).get("Item", {})
+        return str(item["after"]["S"]) if "after" in item else ""
+
+    def advance_tick_cursor(self, tick_key: str, after: str) -> None:
+        """Remember that the tick is done with every manifest key up to ``after`` (never moves back)."""
+        with contextlib.suppress(self.client.exceptions.ConditionalCheckFailedException):
+            self.client.update_item(
+                TableName=self.table,
+                Key={"id": {"S": f"tick#{tick_key}"}},
+                UpdateExpression="SET #after = :after, expiration = :expiration",
+                ConditionExpression="attribute_not_exists(#after) OR #after < :after",
+                ExpressionAttributeNames={"#after": "after"},
+                ExpressionAttributeValues={":after": {"S": after}, ":expiration": _expiration()},
+            )

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC
 from typing import Any, BinaryIO
 
@@ -36,6 +36,22 @@ class ObjectHead:
 
     etag: str
     metadata: dict[str, str]
+
+
+@dataclass(frozen=True)
+class StoredRecord:
+    """A record as stored: its ``HEAD`` (ETag, run stamp and outcome in the metadata) and its document."""
+
+    head: ObjectHead
+    document: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class ListedObject:
+    """One object of a listing: its key and ETag (quotes removed)."""
+
+    key: str
+    etag: str
 
 
 class PreconditionFailed(Exception):
@@ -101,15 +117,12 @@ class S3Store:
             raise ManifestReadInterrupted(described) from exc
         except BotoCoreError as exc:  # connection errors, timeouts: S3 or the network, not the manifest
             raise ManifestReadInterrupted(f"cannot read s3://{ref.bucket}/{ref.key}: {exc}") from exc
-        opened = ManifestRef(
-            bucket=ref.bucket,
-            key=ref.key,
+        opened = replace(  # what the event said, completed by the object (a re-check's reference included)
+            ref,
             etag=(response.get("ETag") or ref.etag or "").strip('"') or None,
             version_id=response.get("VersionId") or ref.version_id,
             size=response.get("ContentLength", ref.size),
-            sequencer=ref.sequencer,
             last_modified=_basic_utc(response.get("LastModified")) or ref.last_modified,
-            event_time=ref.event_time,
         )
         return OpenedManifest(ref=opened, body=response["Body"])
 
@@ -162,6 +175,11 @@ class S3Store:
 
     def get_json_with_metadata(self, key: str) -> tuple[dict[str, Any], dict[str, str]] | None:
         """The JSON document at ``key`` and its user metadata (which run wrote it), or None when there is none."""
+        found = self.get_record(key)
+        return None if found is None else (found.document, found.head.metadata)
+
+    def get_record(self, key: str) -> StoredRecord | None:
+        """The record at ``key`` with its ETag and metadata (one GET: what a ``HEAD`` says, and the body), or None."""
         from botocore.exceptions import ClientError
 
         try:
@@ -170,8 +188,18 @@ class S3Store:
             if exc.response.get("Error", {}).get("Code") in {"NoSuchKey", "404"}:
                 return None
             raise
-        document: dict[str, Any] = json.loads(response["Body"].read())
-        return document, dict(response.get("Metadata", {}))
+        head = ObjectHead(etag=str(response.get("ETag", "")), metadata=dict(response.get("Metadata", {})))
+        return StoredRecord(head, json.loads(response["Body"].read()))
+
+    def list_objects(self, bucket: str, prefix: str, start_after: str = "") -> Iterator[ListedObject]:
+        """The objects of ``bucket`` under ``prefix``, in key order, after ``start_after`` (the input bucket's)."""
+        paginator = self.client.get_paginator("list_objects_v2")
+        kwargs: dict[str, Any] = {"Bucket": bucket, "Prefix": prefix}
+        if start_after:
+            kwargs["StartAfter"] = start_after
+        for page in paginator.paginate(**kwargs):
+            for item in page.get("Contents", []):
+                yield ListedObject(key=str(item["Key"]), etag=str(item.get("ETag", "")).strip('"'))
 
     def head(self, key: str) -> ObjectHead | None:
         """The ETag and user metadata of ``key`` (cheap: no body), or None when there is no object."""

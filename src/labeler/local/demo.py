@@ -16,8 +16,13 @@ What happens, in the order a user sees it:
    embedded endpoint's default bus carries the README's rule, with an SQS target); then a table of labels
    or error codes, the report's summary, and ``demo-output/`` (``gallery.html``, ``results/*.json``,
    ``report.json``).
-5. It ends with one of the template's named queries (``images_with_label``: the photos with Cat or
-   Coffee), run on DuckDB over the index object the run wrote.
+5. One of the template's named queries (``images_with_label``: the photos with Cat or Coffee), run on
+   DuckDB over the index object the run wrote.
+6. The manifest is under ``watch/``, so the stack re-checks it on its schedule (docs/recheck.md). One
+   photo changes on the server; the handler gets the event EventBridge Scheduler sends and re-checks the
+   manifest: one DetectLabels call, for that photo, whose result object alone is written again; the
+   others are unchanged (a ``304``) or fail as before, and nothing is written for them. It ends with the
+   template's ``labels_changed`` query between the upload's run and the re-check's.
 
 Everything is stopped afterwards (servers, ports, environment). Exit status 0 when the run did what it
 must: every entry has a record, the report adds up, the photos got the labels expected of them.
@@ -53,8 +58,11 @@ from labeler.local.runner import (
 )
 from labeler.local.samples import (
     BROKEN,
+    CHANGED_PHOTO,
+    CHANGED_TO,
     PHOTOS,
     S3_SAMPLES,
+    changed_photo_bytes,
     check_records,
     photo_bytes,
     s3_entries,
@@ -63,11 +71,12 @@ from labeler.local.samples import (
     sample_routes,
     upload_s3_samples,
 )
+from labeler.models.records import ManifestRef
 
 INPUT_BUCKET = "s3il-demo-input"
 OUTPUT_BUCKET = "s3il-demo-output"
 SOURCE_BUCKET = "s3il-demo-photos"  # photos already in S3: the one bucket SOURCE_BUCKETS allows
-MANIFEST_KEY = "manifests/demo-photos.json"
+MANIFEST_KEY = "watch/demo-photos.json"  # under watch/: re-checked on the stack's schedule
 # The demo's manifest asks for its own options: labels and image properties (colours, quality), which the
 # offline backend computes; the stack lets manifests opt in to IMAGE_PROPERTIES (MANIFEST_FEATURES below).
 DEMO_FEATURES = ["GENERAL_LABELS", "IMAGE_PROPERTIES"]
@@ -330,6 +339,7 @@ def run_demo(stack: DemoStack, console: Any, output_dir: Path, timeout_seconds: 
     console.print(f"results:  {results_dir}/ ({len(pairs)} files), report: {output_dir / 'report.json'}", markup=False)
     if report is not None:
         problems.extend(query_the_index(stack, console, report, records))
+        problems.extend(recheck_step(stack, console, report, timeout_seconds))
     if problems:
         console.print(Text("the demo did not go as expected:", style="bold red"))
         for problem in problems:
@@ -341,6 +351,9 @@ def run_demo(stack: DemoStack, console: Any, output_dir: Path, timeout_seconds: 
                 " the broken entries their error codes",
                 style="bold green",
             )
+        )
+        console.print(
+            Text("✓ the re-check relabeled the changed photo alone and wrote nothing else", style="bold green")
         )
     return DemoOutcome(records=records, report=report, problems=problems, trigger=trigger, output_dir=output_dir)
 
@@ -374,7 +387,6 @@ def query_the_index(stack: DemoStack, console: Any, report: dict[str, Any], reco
 
     from labeler.local.query import LocalIndex
     from labeler.logic.index_rows import run_date
-    from labeler.models.records import ManifestRef
 
     assert stack.aws is not None
     since = run_date(ManifestRef.from_dict(report["manifest"])).isoformat()
@@ -408,6 +420,102 @@ def query_the_index(stack: DemoStack, console: Any, report: dict[str, Any], reco
         style="dim",
     )
     return problems
+
+
+def recheck_step(stack: DemoStack, console: Any, report: dict[str, Any], timeout_seconds: float) -> list[str]:
+    """One photo changes on its server; the scheduled re-check relabels it and writes nothing for the others.
+
+    The handler gets the event the template's schedule sends (every manifest under ``watch/``), as Lambda
+    would, and the demo waits for the re-check's completion event. Returns what went wrong (empty: only the
+    changed photo was labeled and written again).
+    """
+    from datetime import UTC, datetime
+
+    from rich.text import Text
+
+    from labeler.local.http_server import StaticRoute
+    from labeler.local.recheck_command import recheck_event, recheck_line
+    from labeler.models.records import recheck_iso, recheck_time
+
+    assert stack.aws is not None and stack.photos is not None
+    s3 = stack.aws.client("s3")
+    reader = OutputReader(s3, stack.output_bucket, stack.input_bucket, MANIFEST_KEY)
+    before = {item["Key"]: item["ETag"] for item in reader.result_objects()}
+    stack.photos.add(CHANGED_PHOTO.path, StaticRoute(changed_photo_bytes(), content_type=CHANGED_PHOTO.content_type))
+    upload = ManifestRef.from_dict(report["manifest"])
+    at = recheck_time(datetime.now(UTC))
+    console.print(
+        Text("\nre-check (the manifest is under watch/: the stack re-checks it on RecheckSchedule)", style="bold")
+    )
+    console.print(f"  changed   {stack.photos.url(CHANGED_PHOTO.path)} now serves {CHANGED_TO}", markup=False)
+    console.print(
+        f"  trigger   the event EventBridge Scheduler sends: every manifest under s3://{stack.input_bucket}/watch/",
+        markup=False,
+    )
+    waiter = CompletionWaiter(
+        stack.aws.client("sqs"),
+        stack.completion_queue,
+        manifest=(stack.input_bucket, MANIFEST_KEY),
+        run_id=upload.upload_run_id,
+        recheck=at,
+    )
+    run = HandlerRun(recheck_event(stack.input_bucket, prefix="watch/", at=recheck_iso(at))).start()
+    ended = RunEnd(run, waiter)
+    deadline = time.monotonic() + timeout_seconds
+    while not ended.ended() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    problems: list[str] = []
+    if run.error is not None:
+        problems.append(f"the re-check raised {type(run.error).__name__}: {run.error}")
+    if ended.event is None:
+        problems.append("no completion event arrived for the re-check")
+    rechecked = reader.report() or {}
+    found = rechecked.get("recheck") or {}
+    after = {item["Key"]: item["ETag"] for item in reader.result_objects()}
+    written = sorted(key.rsplit("/", 1)[-1].removesuffix(".json") for key in after if before.get(key) != after[key])
+    console.print(recheck_line(rechecked))
+    untouched = len(after) - len(written)
+    names = ", ".join(written) or "none"
+    console.print(
+        f"  written   {len(written)} result object(s): {names}; the {untouched} others untouched", markup=False
+    )
+    calls = (rechecked.get("cost") or {}).get("detect_labels_calls")
+    if calls != 1:
+        problems.append(f"the re-check made {calls} DetectLabels call(s), expected 1")
+    if written != [CHANGED_PHOTO.image_id] or found.get("changed_ids") != [CHANGED_PHOTO.image_id]:
+        problems.append(
+            f"the re-check wrote {written} and found {found.get('changed_ids')} changed, expected the rocket"
+        )
+    if found.get("unchanged") != len(PHOTOS) - 1 or rechecked.get("status") != "complete":
+        problems.append(f"the re-check found {found}, status {rechecked.get('status')}")
+    problems.extend(_labels_changed(stack, console, upload, ManifestRef.from_dict(rechecked.get("manifest") or {})))
+    return problems
+
+
+def _labels_changed(stack: DemoStack, console: Any, upload: ManifestRef, rechecked: ManifestRef) -> list[str]:
+    """The template's ``labels_changed`` query between the upload's run and the re-check's, on DuckDB."""
+    from rich.table import Table
+
+    from labeler.local.query import LocalIndex
+
+    assert stack.aws is not None
+    values = {
+        "manifest_bucket": upload.bucket,
+        "manifest_key": upload.key,
+        "old_run_id": upload.upload_run_id,
+        "new_run_id": rechecked.run_id,
+    }
+    with LocalIndex.from_bucket(stack.aws.client("s3"), stack.output_bucket) as index:
+        rows = index.run_named("labels_changed", values).records()
+    table = Table(title="labels_changed (a named query of template.yaml): the upload's run → the re-check's")
+    for column in ("image id", "labels before", "labels now"):
+        table.add_column(column, overflow="fold")
+    for row in rows:
+        table.add_row(row["image_id"], ", ".join(row["old_labels"]), ", ".join(row["new_labels"]))
+    console.print(table)
+    if [row["image_id"] for row in rows] != [CHANGED_PHOTO.image_id]:
+        return [f"labels_changed found {[row['image_id'] for row in rows]}, expected the rocket"]
+    return []
 
 
 def _query_label(expected: tuple[str, ...], records: list[dict[str, Any]], image_id: str) -> str:

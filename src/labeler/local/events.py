@@ -60,8 +60,10 @@ class CompletionWaiter:
 
     ``manifest`` (bucket, key) and ``run_id`` (the version id, sequencer or ETag of the upload) say which
     run; ``not_before`` (the upload's time) keeps an earlier run of the same bytes out when the run id is
-    an ETag. The matching message is deleted; others are made visible again at once for their waiters,
-    or deleted when they are stale (``STALE_AFTER_SECONDS`` old: nobody is waiting for them).
+    an ETag. ``recheck`` (``ManifestRef.recheck``) waits for that re-check of the upload instead of the
+    upload's own run (re-checks carry their upload's ids). The matching message is deleted; others are made
+    visible again at once for their waiters, or deleted when they are stale (``STALE_AFTER_SECONDS`` old:
+    nobody is waiting for them).
     """
 
     sqs: Any
@@ -70,6 +72,7 @@ class CompletionWaiter:
     run_id: str | None = None
     not_before: datetime | None = None
     stale_after_seconds: float = STALE_AFTER_SECONDS
+    recheck: str | None = None
 
     def matches(self, event: dict[str, Any]) -> bool:
         if event.get("source") != SOURCE or event.get("detail-type") not in (DETAIL_TYPE_LABELED, DETAIL_TYPE_FAILED):
@@ -77,6 +80,8 @@ class CompletionWaiter:
         detail = event.get("detail") or {}
         described = detail.get("manifest") or {}
         if self.manifest is not None and (described.get("bucket"), described.get("key")) != self.manifest:
+            return False
+        if described.get("recheck") != self.recheck:
             return False
         if self.run_id is not None and self.run_id not in {
             described.get(n) for n in ("version_id", "sequencer", "etag")

@@ -114,24 +114,36 @@ ORDER BY confidence DESC, i.image_id, i.labeled_at""",
     ),
 )
 
-LABEL_FREQUENCIES = NamedQuery(
-    name="label_frequencies",
-    description="How many images of a manifest's latest run carry each label, with average and highest confidence.",
-    sql="""WITH latest AS (
+# The rows that say how a manifest's images stand now: its latest upload's, each replaced by the row of a later
+# re-check of that upload when one rewrote the image's record (re-check runs, "<run id>!recheck-<time>", write
+# rows only for the images they changed: docs/recheck.md). Both queries below start from it.
+_CURRENT_ROWS = """WITH upload AS (
     SELECT manifest_bucket, manifest_key, max(run_order) AS run_order
     FROM image_labels
-    WHERE manifest_bucket = ? AND manifest_key = ?
+    WHERE manifest_bucket = ? AND manifest_key = ? AND run_id NOT LIKE '%!recheck-%'
     GROUP BY manifest_bucket, manifest_key
-)
+),
+newest_rows AS (
+    SELECT i.*, row_number() OVER (PARTITION BY i.entry_index, i.image_id ORDER BY i.run_order DESC) AS newest
+    FROM image_labels AS i
+    JOIN upload
+      ON i.manifest_bucket = upload.manifest_bucket
+     AND i.manifest_key = upload.manifest_key
+     AND i.run_order >= upload.run_order
+)"""
+
+LABEL_FREQUENCIES = NamedQuery(
+    name="label_frequencies",
+    description="How many images of a manifest carry each label now (its latest upload, as re-checked since), "
+    "with average and highest confidence.",
+    sql=_CURRENT_ROWS
+    + """
 SELECT l.label_name AS label, count(*) AS images,
        round(avg(i.labels[l.n].confidence), 1) AS avg_confidence,
        round(max(i.labels[l.n].confidence), 1) AS max_confidence
-FROM image_labels AS i
-JOIN latest
-  ON i.manifest_bucket = latest.manifest_bucket
- AND i.manifest_key = latest.manifest_key
- AND i.run_order = latest.run_order
+FROM newest_rows AS i
 CROSS JOIN UNNEST(i.label_names) WITH ORDINALITY AS l (label_name, n)
+WHERE i.newest = 1
 GROUP BY l.label_name
 ORDER BY images DESC, label""",
     parameters=(_BUCKET, _KEY),
@@ -139,20 +151,13 @@ ORDER BY images DESC, label""",
 
 ERRORS_BY_CODE = NamedQuery(
     name="errors_by_code",
-    description="Failed entries of a manifest's latest run, counted by error code, with one example id each.",
-    sql="""WITH latest AS (
-    SELECT manifest_bucket, manifest_key, max(run_order) AS run_order
-    FROM image_labels
-    WHERE manifest_bucket = ? AND manifest_key = ?
-    GROUP BY manifest_bucket, manifest_key
-)
+    description="Failed entries of a manifest now (its latest upload, as re-checked since), counted by error code, "
+    "with one example id each.",
+    sql=_CURRENT_ROWS
+    + """
 SELECT i.error_code, count(*) AS entries, min(i.image_id) AS example_image_id
-FROM image_labels AS i
-JOIN latest
-  ON i.manifest_bucket = latest.manifest_bucket
- AND i.manifest_key = latest.manifest_key
- AND i.run_order = latest.run_order
-WHERE i.status = 'error'
+FROM newest_rows AS i
+WHERE i.newest = 1 AND i.status = 'error'
 GROUP BY i.error_code
 ORDER BY entries DESC, i.error_code""",
     parameters=(_BUCKET, _KEY),
@@ -184,7 +189,8 @@ ORDER BY o.image_id""",
 
 MANIFEST_RUNS = NamedQuery(
     name="manifest_runs",
-    description="The runs of a manifest, newest first: run id, date, entries, succeeded and failed.",
+    description="The runs of a manifest, newest first: run id, date, rows (entries; a re-check: the images it "
+    "changed), succeeded and failed.",
     sql="""SELECT run_id, run_order, min(dt) AS dt, count(*) AS entries,
        sum(CASE WHEN status = 'ok' THEN 1 ELSE 0 END) AS succeeded,
        sum(CASE WHEN status = 'error' THEN 1 ELSE 0 END) AS failed,

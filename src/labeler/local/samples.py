@@ -172,6 +172,22 @@ def photo_bytes(photo: SamplePhoto) -> bytes:
     return _encoded(photo)
 
 
+# The photo the demo's re-check step changes on the server, and what it shows afterwards.
+CHANGED_PHOTO = PHOTOS[3]  # the rocket
+CHANGED_TO = "a cat (Chelsea, mirrored): new bytes, and labels of its own"
+
+
+def changed_photo_bytes(photo: SamplePhoto = CHANGED_PHOTO) -> bytes:
+    """New bytes for ``photo``'s URL, in its format: the cat, mirrored (bytes no other sample has, so a call is due)."""
+    import skimage.data
+    from PIL import Image, ImageOps
+
+    image = ImageOps.mirror(Image.fromarray(skimage.data.chelsea()))
+    buffer = io.BytesIO()
+    image.save(buffer, format=photo.fmt, **({"quality": 90} if photo.fmt in {"JPEG", "WEBP"} else {}))
+    return buffer.getvalue()
+
+
 def sample_routes() -> dict[str, Any]:
     """Routes for :class:`~labeler.local.http_server.LoopbackServer`: every photo, plus an HTML page."""
     from labeler.local.http_server import StaticRoute

@@ -35,8 +35,8 @@ from labeler.logic.pipeline import (
     RunResult,
     Services,
     finish_run,
+    give_up_entry,
     label_entries,
-    record_error,
     run_options,
     superseded_summary,
     write_index,
@@ -238,7 +238,7 @@ class FanOut:
         observe = index.observing(on_outcome)
         for item in batch.entries:
             error = item.error if isinstance(item, RejectedEntry) else BatchFailed(reason[:500])
-            outcome = record_error(self.services, batch.manifest, item, error)
+            outcome = give_up_entry(self.services, batch.manifest, item, error)
             outcome.add_to(tally)
             observe(outcome)
         if tally.superseded == 0:  # a newer run took over: its own batches index these entries

@@ -266,12 +266,12 @@ def index_row(record: Mapping[str, Any], run: IndexRun) -> dict[str, Any]:
         "error_code": str(error.get("code")) if isinstance(error, Mapping) and error.get("code") else None,
         "label_names": [label["name"] for label in labels],
         "labels": labels,
-        "content_sha256": image.get("sha256"),
+        "content_sha256": record.get("content_sha256") or image.get("sha256"),
         "image_format": image.get("format"),
         "image_width": _int_or_none(image.get("width")),
         "image_height": _int_or_none(image.get("height")),
         "label_model_version": record.get("label_model_version"),
-        "labeled_at": record.get("processed_at"),
+        "labeled_at": record.get("labeled_at") or record.get("processed_at"),
     }
     if error is not None and row["error_code"] is None:
         row["error_code"] = "internal_error"

@@ -37,25 +37,36 @@ from typing import TYPE_CHECKING, Any, Protocol
 from labeler.adapters.fetch import FetchedImage, ImageFetcher, NotModified, Validators
 from labeler.adapters.images import prepare_image, request_memory, reserve_memory
 from labeler.adapters.labels.base import GetsReady, LabelBackend, detect_with_options
-from labeler.adapters.store import ObjectHead, OpenedManifest
+from labeler.adapters.store import ObjectHead, OpenedManifest, StoredRecord
 from labeler.logic.budget import BudgetStore, CallBudget, InMemoryBudgetStore, effective_cap
 from labeler.logic.cache import CachedLabels, KeyedLocks, LabelCache, UrlMemo, label_cache_tag
 from labeler.logic.guard import NOT_LOOKED, GuardedStore, Head, Verdict, guarded_put, judge
 from labeler.logic.index_rows import INLINE_PART
 from labeler.logic.keys import entry_key, run_key
 from labeler.logic.manifest import read_manifest
-from labeler.logic.report import RunState, Tally, final_status, publish_report, utc_now
+from labeler.logic.report import (
+    RECHECK_CHANGED,
+    RECHECK_FAILED,
+    RECHECK_GONE,
+    RECHECK_UNCHANGED,
+    RunState,
+    Tally,
+    final_status,
+    publish_report,
+    utc_now,
+)
 from labeler.logic.run_index import IndexWriteFailed, PartIndex
 from labeler.logic.s3_sources import is_s3_url
 from labeler.models.errors import (
     DownloadTimeout,
+    HttpStatusError,
     InternalError,
     LabelerError,
     ManifestError,
     OutOfTime,
 )
 from labeler.models.label_options import LabelOptions
-from labeler.models.records import EntryItem, ManifestEntry, ManifestRef, RejectedEntry, ResultRecord
+from labeler.models.records import EntryItem, ManifestEntry, ManifestRef, RejectedEntry, ResultRecord, recheck_iso
 from labeler.models.settings import Settings
 from labeler.observability import logger
 
@@ -79,6 +90,8 @@ class ResultStore(GuardedStore, Protocol):
     def get_json(self, key: str) -> dict[str, Any] | None: ...
 
     def get_json_with_metadata(self, key: str) -> tuple[dict[str, Any], dict[str, str]] | None: ...
+
+    def get_record(self, key: str) -> StoredRecord | None: ...
 
     def put_bytes(self, key: str, data: bytes, content_type: str) -> None: ...
 
@@ -226,6 +239,10 @@ class EntryOutcome:
     record: dict[str, Any] | None = None
     record_key: str | None = None
     label_calls: int = 0  # DetectLabels calls made for this entry (1, or 0: cached, 304, failed before)
+    # A re-check run's finding (unchanged, changed, gone, failed), the code of a failure, the entry's id.
+    recheck: str | None = None
+    recheck_code: str | None = None
+    image_id: str | None = None
 
     def add_to(self, tally: Tally) -> None:
         tally.add_outcome(
@@ -238,16 +255,31 @@ class EntryOutcome:
             download_ms=self.download_ms,
             label_ms=self.label_ms,
             label_calls=self.label_calls,
+            recheck=self.recheck,
+            recheck_code=self.recheck_code,
+            image_id=self.image_id,
         )
 
     @classmethod
-    def of_existing(cls, verdict: Verdict, existing: ObjectHead, key: str) -> EntryOutcome:
-        """The outcome of an entry whose ``key`` holds a record of this run (done) or of a newer run (superseded)."""
+    def of_existing(cls, verdict: Verdict, existing: ObjectHead, key: str, image_id: str | None = None) -> EntryOutcome:
+        """The outcome of an entry whose ``key`` holds a record of this run (done) or of a newer run (superseded).
+
+        A re-check run's own record names what the re-check found in its metadata (``recheck``).
+        """
         if verdict is Verdict.SUPERSEDED:
             return cls(ok=False, superseded=True)
         ok = existing.metadata.get("status") == "ok"
         code = None if ok else existing.metadata.get("code", "internal_error")
-        return cls(ok=ok, code=code, already_done=True, record_key=key)
+        found = existing.metadata.get("recheck") or None
+        return cls(
+            ok=ok,
+            code=code,
+            already_done=True,
+            record_key=key,
+            recheck=found,
+            recheck_code=code if found == RECHECK_FAILED else None,
+            image_id=image_id,
+        )
 
 
 class InvocationTally:
@@ -299,13 +331,33 @@ class Lookahead:
     """The read-ahead of an entry while it waited for a worker (:func:`look_at_entry`)."""
 
     future: Future[Looked] | None = None
+    # Re-check runs: the key's record itself (one GET instead of the HEAD; no URL memo is read).
+    record_future: Future[StoredRecord | None] | None = None
 
     def looked(self) -> Looked:
         # look_at_entry never raises (a failed HEAD is NOT_LOOKED, a failed memo read a miss)
         return self.future.result() if self.future is not None else Looked()
 
     def head(self) -> Head:
-        return self.looked().head
+        """The key's HEAD, or ``NOT_LOOKED`` when it failed (the conditional write then finds out)."""
+        if self.record_future is None:
+            return self.looked().head
+        try:
+            found = self.record_future.result()
+        except Exception:
+            logger.warning("cannot look at an entry's key; its write decides", exc_info=True)
+            return NOT_LOOKED
+        return found.head if found is not None else None
+
+    def record(self) -> StoredRecord | None:
+        """The key's record (re-check runs). Raises :class:`ResultWriteFailed` when it could not be read:
+        a re-check never decides about a record it has not seen (the retry reads it again)."""
+        if self.record_future is None:
+            return None
+        try:
+            return self.record_future.result()
+        except Exception as exc:
+            raise ResultWriteFailed(f"cannot read the entry's record: {exc}") from exc
 
     def memo(self) -> UrlMemo | None:
         return self.looked().memo
@@ -348,10 +400,15 @@ def _store_record(
     record.metadata.update(_record_metadata(manifest, item))
     if timings is not None:
         record.metadata["timings_ms"] = timings.to_dict()
-    record.metadata["processed_at"] = utc_now()
+    now = utc_now()
+    if record.ok:  # when these labels were made for this image (a gone mark keeps the old time)
+        record.metadata.setdefault("labeled_at", now)
+    record.metadata["processed_at"] = now
     metadata = {"status": "ok" if record.ok else "error"}
     if record.error is not None:
         metadata["code"] = str(record.error.code)
+    if outcome.recheck is not None:  # a redelivery of the re-check reads what it found from here
+        metadata["recheck"] = outcome.recheck
     key = entry_key(manifest, item)
     document = record.to_dict()
     try:
@@ -361,7 +418,7 @@ def _store_record(
     if written.verdict is Verdict.WRITTEN or written.existing is None:
         outcome.record = document
         return outcome
-    return EntryOutcome.of_existing(written.verdict, written.existing, key)
+    return EntryOutcome.of_existing(written.verdict, written.existing, key, item.image_id)
 
 
 def record_error(
@@ -372,11 +429,13 @@ def record_error(
     *,
     head: Head = NOT_LOOKED,
     timings: _Timings | None = None,
+    recheck: str | None = None,
 ) -> EntryOutcome:
     """Store the error record of an entry: it failed, it was rejected by the manifest reader, or its
-    batch was given up on. The only place error records are made."""
+    batch was given up on. The only place error records are made (``recheck``: a re-check run's finding)."""
     record = ResultRecord(image_id=item.image_id, url=item.url, error=error)
-    outcome = EntryOutcome(ok=False, code=str(error.code))
+    code = str(error.code)
+    outcome = EntryOutcome(ok=False, code=code, recheck=recheck, recheck_code=code if recheck else None)
     return _store_record(services, manifest, item, record, outcome, head=head, timings=timings)
 
 
@@ -504,6 +563,7 @@ def _success(
         labels=labels.labels,
         metadata={
             **properties,
+            "content_sha256": sha256,  # top level: a changed image shows here (and in labeled_at)
             "label_model_version": labels.model_version,
             "labels_from_cache": cached_labels,
             "not_modified": not_modified,
@@ -573,7 +633,9 @@ def label_entry(
     if isinstance(head, ObjectHead):
         verdict = judge(head, manifest.stamp)
         if verdict is not None:
-            return EntryOutcome.of_existing(verdict, head, entry_key(manifest, entry))
+            return EntryOutcome.of_existing(verdict, head, entry_key(manifest, entry), entry.image_id)
+    if manifest.recheck:  # the record stands unless the image changed (docs/recheck.md)
+        return recheck_entry(services, manifest, entry, deadline, ahead.record())
     timings = _Timings()
     try:
         record, outcome = _label(services, entry, ahead.memo(), timings, deadline)
@@ -586,6 +648,182 @@ def label_entry(
         error = InternalError(f"unexpected {type(exc).__name__}: {exc}"[:500])
         return record_error(services, manifest, entry, error, head=head, timings=timings)
     return _store_record(services, manifest, entry, record, outcome, head=head, timings=timings)
+
+
+# --- re-check runs (docs/recheck.md) ----------------------------------------------------------------
+# The answers that say an image is gone: its record keeps its labels and is marked.
+GONE_STATUSES = frozenset({404, 410})
+_RECORD_FIELDS = ("image_id", "url", "labels", "error")
+
+
+def recheck_entry(
+    services: Services, manifest: ManifestRef, entry: ManifestEntry, deadline: Deadline, stored: StoredRecord | None
+) -> EntryOutcome:
+    """One entry of a re-check run, whose key holds an older run's record (``stored``), or none.
+
+    A record with labels stands unless the image changed: a conditional GET with the validators it was
+    made from, ``304`` or the same bytes → unchanged (nothing written, no DetectLabels call); new bytes →
+    labeled (the cache may still know them) and the record overwritten; ``404``/``410`` → gone (the labels
+    are kept, the record marked once); any other failure → failed, the record kept. An entry whose record
+    is an error, or that has none, is labeled again as in an upload's run.
+    """
+    if stored is None or stored.head.metadata.get("status") != "ok" or not _is_http(entry.url):
+        return _relabel(services, manifest, entry, deadline, stored)
+    document = stored.document
+    labeled_from = _content_sha256(document)
+    source = document.get("source") if isinstance(document.get("source"), dict) else {}
+    validators = None
+    if labeled_from and (source.get("etag") or source.get("last_modified")):
+        validators = UrlMemo(etag=source.get("etag"), last_modified=source.get("last_modified"), sha256=labeled_from)
+    timings = _Timings()
+    started = time.perf_counter()
+    try:
+        fetched = _fetch(services, entry.url, validators, deadline)
+    except LabelerError as exc:
+        if isinstance(exc, HttpStatusError) and exc.details.get("status") in GONE_STATUSES:
+            return _mark_gone(services, manifest, entry, stored, int(exc.details["status"]))
+        return _kept(entry, exc)
+    timings.mark("download", started)
+    download_ms = timings.marks["download"]
+    if isinstance(fetched, NotModified) or hashlib.sha256(fetched.body).hexdigest() == labeled_from:
+        if not isinstance(document.get("gone"), dict):
+            unchanged = EntryOutcome(ok=True, cached=True, not_modified=isinstance(fetched, NotModified))
+            unchanged.recheck, unchanged.download_ms = RECHECK_UNCHANGED, download_ms
+            return unchanged
+        back = _record_of(document)  # gone before, served again: the mark goes, the labels stay
+        back.metadata.pop("gone", None)
+        outcome = EntryOutcome(ok=True, download_ms=download_ms, recheck=RECHECK_CHANGED, image_id=entry.image_id)
+        return _store_record(services, manifest, entry, back, outcome, head=stored.head)
+    try:
+        deadline.check("after the download")
+        record, outcome = _label_fresh(services, entry, fetched, timings, deadline)
+    except LabelerError as exc:  # the new bytes cannot be labeled (not an image now, the cap...): the old labels stay
+        return _kept(entry, exc)
+    except Exception as exc:  # a bug on one image must not lose the others (nor this one's labels)
+        logger.exception("unexpected failure on one entry", extra={"image_id": entry.image_id})
+        return _kept(entry, InternalError(f"unexpected {type(exc).__name__}: {exc}"[:500]))
+    outcome.download_ms, outcome.recheck, outcome.image_id = download_ms, RECHECK_CHANGED, entry.image_id
+    return _store_record(services, manifest, entry, record, outcome, head=stored.head, timings=timings)
+
+
+def recheck_rejected(services: Services, manifest: ManifestRef, item: RejectedEntry, ahead: Lookahead) -> EntryOutcome:
+    """A rejected entry in a re-check run: its error record is written again only if it says something new."""
+    head = ahead.head()
+    if isinstance(head, ObjectHead) and (verdict := judge(head, manifest.stamp)) is not None:
+        return EntryOutcome.of_existing(verdict, head, entry_key(manifest, item), item.image_id)
+    return _failed_again(services, manifest, item, item.error, ahead.record())
+
+
+def give_up_entry(services: Services, manifest: ManifestRef, item: EntryItem, error: LabelerError) -> EntryOutcome:
+    """The error record of an entry whose batch is given up on (``error``: ``batch_failed``, or a rejected
+    entry's own). In a re-check run the entry's record is read first: this run's stays, a newer run's wins,
+    and an older record with labels (or saying the same error) is kept."""
+    if not manifest.recheck:
+        return record_error(services, manifest, item, error)
+    key = entry_key(manifest, item)
+    stored = services.store.get_record(key)
+    if stored is not None and (verdict := judge(stored.head, manifest.stamp)) is not None:
+        return EntryOutcome.of_existing(verdict, stored.head, key, item.image_id)
+    return _failed_again(services, manifest, item, error, stored)
+
+
+def _relabel(
+    services: Services, manifest: ManifestRef, entry: ManifestEntry, deadline: Deadline, stored: StoredRecord | None
+) -> EntryOutcome:
+    """Label an entry of a re-check run as an upload's run does (no URL memo: its record had no usable one)."""
+    timings = _Timings()
+    try:
+        record, outcome = _label(services, entry, None, timings, deadline)
+    except OutOfTime:
+        raise
+    except LabelerError as exc:
+        return _failed_again(services, manifest, entry, exc, stored, timings)
+    except Exception as exc:  # a bug on one image must not lose the others
+        logger.exception("unexpected failure on one entry", extra={"image_id": entry.image_id})
+        error = InternalError(f"unexpected {type(exc).__name__}: {exc}"[:500])
+        return _failed_again(services, manifest, entry, error, stored, timings)
+    was = stored.document if stored is not None and stored.head.metadata.get("status") == "ok" else None
+    if was is not None and not isinstance(was.get("gone"), dict) and _same_content(was, record):
+        outcome.recheck = RECHECK_UNCHANGED  # other sources (no conditional GET): the same content, nothing written
+        return outcome
+    outcome.recheck, outcome.image_id = RECHECK_CHANGED, entry.image_id
+    head: Head = stored.head if stored is not None else None
+    return _store_record(services, manifest, entry, record, outcome, head=head, timings=timings)
+
+
+def _failed_again(
+    services: Services,
+    manifest: ManifestRef,
+    item: EntryItem,
+    error: LabelerError,
+    stored: StoredRecord | None,
+    timings: _Timings | None = None,
+) -> EntryOutcome:
+    """A re-check's failure: an existing record stays when it has labels, or when it says the same error."""
+    if stored is not None and stored.head.metadata.get("status") == "ok":
+        return _kept(item, error)
+    code = str(error.code)
+    if stored is not None and stored.head.metadata.get("code") == code:
+        return EntryOutcome(ok=False, code=code, recheck=RECHECK_FAILED, recheck_code=code)
+    head: Head = stored.head if stored is not None else None
+    return record_error(services, manifest, item, error, head=head, timings=timings, recheck=RECHECK_FAILED)
+
+
+def _kept(item: EntryItem, error: LabelerError) -> EntryOutcome:
+    """The record with labels stays as it is; the re-check says it failed, and why."""
+    logger.info("re-check failed; the record stays", extra={"image_id": item.image_id, "code": str(error.code)})
+    return EntryOutcome(ok=True, recheck=RECHECK_FAILED, recheck_code=str(error.code))
+
+
+def _mark_gone(
+    services: Services, manifest: ManifestRef, entry: ManifestEntry, stored: StoredRecord, status: int
+) -> EntryOutcome:
+    """The image is gone: its labels stay; the record is marked once (``gone``), later re-checks write nothing."""
+    outcome = EntryOutcome(ok=True, recheck=RECHECK_GONE)
+    if isinstance(stored.document.get("gone"), dict):
+        return outcome
+    record = _record_of(stored.document)
+    since = recheck_iso(manifest.recheck) if manifest.recheck else utc_now()
+    record.metadata["gone"] = {"status": status, "since": since, "run_id": manifest.run_id}
+    return _store_record(services, manifest, entry, record, outcome, head=stored.head)
+
+
+def _record_of(document: dict[str, Any]) -> ResultRecord:
+    """A stored record with labels as a :class:`ResultRecord` to write again (its other fields kept)."""
+    metadata = {name: value for name, value in document.items() if name not in _RECORD_FIELDS}
+    image_id, url, labels = str(document.get("image_id")), document.get("url"), document.get("labels")
+    return ResultRecord(image_id=image_id, url=url, labels=labels, metadata=metadata)
+
+
+def _content_sha256(record: dict[str, Any] | ResultRecord) -> str | None:
+    """The SHA-256 of the bytes a record was labeled from (``content_sha256``; older records: ``image.sha256``)."""
+    document = record.metadata if isinstance(record, ResultRecord) else record
+    image = document.get("image") if isinstance(document.get("image"), dict) else {}
+    found = document.get("content_sha256") or image.get("sha256")
+    return str(found) if found else None
+
+
+def _content_identity(record: dict[str, Any] | ResultRecord) -> tuple[str, ...] | None:
+    """What a record was labeled from: its bytes' SHA-256, or for an ``s3://`` object labeled without reading
+    it (``Image.S3Object``: no hash) the object's version and ETag; ``None`` when the record does not say."""
+    sha256 = _content_sha256(record)
+    if sha256 is not None:
+        return ("sha256", sha256)
+    document = record.metadata if isinstance(record, ResultRecord) else record
+    source = document.get("source") if isinstance(document.get("source"), dict) else {}
+    if source.get("bucket") and (source.get("version_id") or source.get("etag")):
+        return ("s3", *(str(source.get(name) or "") for name in ("bucket", "key", "version_id", "etag")))
+    return None
+
+
+def _same_content(was: dict[str, Any], record: ResultRecord) -> bool:
+    """Both records name the same content (an unknown identity is never the same: the record is rewritten)."""
+    identity = _content_identity(was)
+    return identity is not None and identity == _content_identity(record)
+
+
+def _is_http(url: str) -> bool:
+    return url[:8].lower().startswith(("http://", "https://"))
 
 
 def _run_one(
@@ -601,11 +839,15 @@ def _run_one(
         return EntryOutcome(ok=False, superseded=True)
     deadline.check("before the entry started")
     if isinstance(item, RejectedEntry):
+        if manifest.recheck:
+            return recheck_rejected(services, manifest, item, ahead)
         return record_error(services, manifest, item, item.error)
     return label_entry(services, manifest, item, deadline, ahead)
 
 
 def _look_ahead(pool: ThreadPoolExecutor, services: Services, manifest: ManifestRef, item: EntryItem) -> Lookahead:
+    if manifest.recheck:  # one GET: the record's run, and the validators and hash of the content it was made from
+        return Lookahead(record_future=pool.submit(services.store.get_record, entry_key(manifest, item)))
     if isinstance(item, RejectedEntry):  # written optimistically: a 412 makes the writer look
         return Lookahead()
     return Lookahead(pool.submit(look_at_entry, services, manifest, item))
@@ -804,8 +1046,12 @@ def process_manifest(
     fan_out: FanOutSplit | None = None,
     on_outcome: Callable[[EntryOutcome], None] | None = None,
     on_calls: Callable[[int], None] | None = None,
+    inline_max_images: int | None = None,
 ) -> dict[str, Any]:
     """Label every entry of one manifest (or hand it to ``fan_out``) and write its report; returns the report.
+
+    Manifests of more than ``inline_max_images`` entries (default: the setting) are handed to ``fan_out``;
+    re-checks give 0, so that every re-check goes through the work queue whatever its size.
 
     A manifest that cannot be read or parsed still gets a report carrying the error. An
     ``in_progress`` report is written when the run starts, so that a run killed for good is
@@ -814,13 +1060,14 @@ def process_manifest(
     the event is delivered again and the remaining entries are finished then.
     """
     deadline = deadline or Deadline()
+    inline_max = services.settings.inline_max_images if inline_max_images is None else inline_max_images
     head: list[EntryItem] = []
     options: LabelOptions | None = None
     try:
         opened = services.store.open_manifest(manifest)
         manifest = opened.ref  # refreshed: the object's LastModified orders runs
         options, entries = read_entries(services, opened)
-        head.extend(islice(entries, services.settings.inline_max_images + 1))
+        head.extend(islice(entries, inline_max + 1))
     except ManifestError as exc:
         if not head:  # nothing could be read (or its options are refused): the run fails with the error
             logger.warning("manifest rejected", extra={"manifest": manifest.to_dict(), "code": str(exc.code)})
@@ -829,7 +1076,7 @@ def process_manifest(
         entries = _raising(exc)
     assert options is not None  # read before the first entry
 
-    fans_out = fan_out is not None and len(head) > services.settings.inline_max_images
+    fans_out = fan_out is not None and len(head) > inline_max
     mode = "fanout" if fans_out else "inline"
     started = publish_report(services.store, manifest, RunState(Tally(), "in_progress", mode, options=options))
     if started.superseded:

@@ -23,8 +23,12 @@ from labeler.logic.keys import report_key, results_prefix
 from labeler.logic.pricing import Cost
 from labeler.models.errors import ErrorCode, LabelerError
 from labeler.models.label_options import LabelOptions
-from labeler.models.records import ManifestRef
+from labeler.models.records import ManifestRef, recheck_iso
 
+# A re-check's report lists at most this many of the image ids it found changed (its count is exact).
+CHANGED_IDS_MAX = 100
+# How a re-check run found an entry (docs/recheck.md).
+RECHECK_UNCHANGED, RECHECK_CHANGED, RECHECK_GONE, RECHECK_FAILED = "unchanged", "changed", "gone", "failed"
 # capped: complete except that the run's DetectLabels cap left entries over_budget (a re-upload finishes them).
 FINAL_STATUSES = frozenset({"complete", "capped", "partial", "failed"})
 # Not final: the run is going (in_progress) or stopped early and will be retried (incomplete).
@@ -50,6 +54,13 @@ class Tally:
     download_ms: float = 0.0
     label_ms: float = 0.0
     label_calls: int = 0  # DetectLabels calls made (labels_from_cache counts the calls saved)
+    # A re-check run's findings: each entry is one of these; changed_ids holds up to CHANGED_IDS_MAX of the changed.
+    unchanged: int = 0
+    changed: int = 0
+    gone: int = 0
+    recheck_failed: int = 0
+    recheck_errors_by_code: Counter[str] = field(default_factory=Counter)
+    changed_ids: list[str] = field(default_factory=list)
 
     @property
     def total(self) -> int:
@@ -67,10 +78,15 @@ class Tally:
         download_ms: float = 0.0,
         label_ms: float = 0.0,
         label_calls: int = 0,
+        recheck: str | None = None,
+        recheck_code: str | None = None,
+        image_id: str | None = None,
     ) -> None:
         if superseded:
             self.superseded += 1
             return
+        if recheck is not None:
+            self._add_recheck(recheck, recheck_code, image_id)
         if ok:
             self.succeeded += 1
         else:
@@ -83,6 +99,19 @@ class Tally:
         self.label_ms += label_ms
         self.label_calls += label_calls
 
+    def _add_recheck(self, found: str, code: str | None, image_id: str | None) -> None:
+        if found == RECHECK_UNCHANGED:
+            self.unchanged += 1
+        elif found == RECHECK_CHANGED:
+            self.changed += 1
+            if image_id is not None and len(self.changed_ids) < CHANGED_IDS_MAX:
+                self.changed_ids.append(image_id)
+        elif found == RECHECK_GONE:
+            self.gone += 1
+        else:
+            self.recheck_failed += 1
+            self.recheck_errors_by_code[code or "internal_error"] += 1
+
     def merge(self, other: Tally) -> None:
         self.succeeded += other.succeeded
         self.failed += other.failed
@@ -94,6 +123,24 @@ class Tally:
         self.download_ms += other.download_ms
         self.label_ms += other.label_ms
         self.label_calls += other.label_calls
+        self.unchanged += other.unchanged
+        self.changed += other.changed
+        self.gone += other.gone
+        self.recheck_failed += other.recheck_failed
+        self.recheck_errors_by_code.update(other.recheck_errors_by_code)
+        self.changed_ids.extend(other.changed_ids[: max(0, CHANGED_IDS_MAX - len(self.changed_ids))])
+
+    def recheck_summary(self) -> dict[str, Any]:
+        """What a re-check found: ``unchanged``, ``changed``, ``gone``, ``failed`` (by code) and which ids changed."""
+        return {
+            RECHECK_UNCHANGED: self.unchanged,
+            RECHECK_CHANGED: self.changed,
+            RECHECK_GONE: self.gone,
+            RECHECK_FAILED: self.recheck_failed,
+            "failed_by_code": dict(sorted(self.recheck_errors_by_code.items())),
+            "changed_ids": sorted(self.changed_ids)[:CHANGED_IDS_MAX],
+            "changed_ids_truncated": self.changed > min(len(self.changed_ids), CHANGED_IDS_MAX),
+        }
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -108,6 +155,7 @@ class Tally:
             "download_ms": round(self.download_ms, 1),
             "label_ms": round(self.label_ms, 1),
             "label_calls": self.label_calls,
+            "recheck": self.recheck_summary(),
         }
 
     @classmethod
@@ -123,7 +171,19 @@ class Tally:
             download_ms=float(data.get("download_ms", 0.0)),
             label_ms=float(data.get("label_ms", 0.0)),
             label_calls=int(data.get("label_calls", 0)),
+            **_recheck_from_dict(data.get("recheck") or {}),
         )
+
+
+def _recheck_from_dict(found: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "unchanged": int(found.get(RECHECK_UNCHANGED, 0)),
+        "changed": int(found.get(RECHECK_CHANGED, 0)),
+        "gone": int(found.get(RECHECK_GONE, 0)),
+        "recheck_failed": int(found.get(RECHECK_FAILED, 0)),
+        "recheck_errors_by_code": Counter({str(k): int(v) for k, v in found.get("failed_by_code", {}).items()}),
+        "changed_ids": [str(image_id) for image_id in found.get("changed_ids", [])],
+    }
 
 
 def elapsed_ms(started_at: str, finished_at: str) -> float:
@@ -162,7 +222,10 @@ def final_status(tally: Tally, manifest_error: object | None) -> str:
     """
     if manifest_error:
         return "partial"
-    return "capped" if tally.errors_by_code.get(str(ErrorCode.OVER_BUDGET)) else "complete"
+    # A re-check at its cap keeps the old records of the entries it could not relabel: capped all the same.
+    over_budget = str(ErrorCode.OVER_BUDGET)
+    capped = tally.errors_by_code.get(over_budget) or tally.recheck_errors_by_code.get(over_budget)
+    return "capped" if capped else "complete"
 
 
 def run_cost(tally: Tally, options: LabelOptions | None) -> dict[str, Any]:
@@ -197,6 +260,7 @@ def build_report(manifest: ManifestRef, state: RunState, started_at: str) -> dic
         "cost": run_cost(tally, state.options),
         "options": state.options.to_dict() if state.options is not None else None,
         "mode": state.mode,
+        "recheck": recheck_report(manifest, tally),
         "results_prefix": results_prefix(manifest),
         "batches": state.batches,
         "timings_ms": {
@@ -210,6 +274,13 @@ def build_report(manifest: ManifestRef, state: RunState, started_at: str) -> dic
     if manifest_error is not None:
         report["error"] = manifest_error.to_dict() if isinstance(manifest_error, LabelerError) else manifest_error
     return report
+
+
+def recheck_report(manifest: ManifestRef, tally: Tally) -> dict[str, Any] | None:
+    """The report's ``recheck``: which upload run was re-checked, when, and what was found (None: an upload's run)."""
+    if not manifest.recheck:
+        return None
+    return {"of_run": manifest.upload_run_id, "at": recheck_iso(manifest.recheck), **tally.recheck_summary()}
 
 
 @dataclass(frozen=True)

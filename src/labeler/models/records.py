@@ -6,13 +6,40 @@ The data path reads top to bottom: ``ManifestRef`` → ``ManifestEntry`` (or ``R
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
 from typing import Any
 
 from labeler.models.errors import LabelerError
 
 # S3 sequencers are hexadecimal of varying length (18 digits today): padded to this many to sort as text.
 SORT_KEY_SEQUENCER_DIGITS = 32
+# A re-check run's id is its upload's run id, this separator and the re-check's time. "!" sorts below every
+# character of a version id, sequencer or ETag, so "v1!recheck-…" sorts right after "v1" and before "v10".
+RECHECK_RUN_SEPARATOR = "!recheck-"
+
+
+RECHECK_TIME_FORMAT = "%Y%m%dT%H%M%S"
+
+
+def recheck_time(moment: datetime) -> str:
+    """A re-check's time as its run id carries it: UTC, fixed width (milliseconds always), so it sorts as it compares.
+
+    >>> recheck_time(datetime(2026, 11, 26, 0, 0, tzinfo=UTC))
+    '20261126T000000.000Z'
+    """
+    moment = (moment if moment.tzinfo else moment.replace(tzinfo=UTC)).astimezone(UTC)
+    return f"{moment.strftime(RECHECK_TIME_FORMAT)}.{moment.microsecond // 1000:03d}Z"
+
+
+def recheck_iso(stamp: str) -> str:
+    """:func:`recheck_time`'s text as ISO 8601 (reports, events).
+
+    >>> recheck_iso("20261126T000000.000Z")
+    '2026-11-26T00:00:00.000Z'
+    """
+    moment = datetime.strptime(stamp[:15], RECHECK_TIME_FORMAT)
+    return f"{moment.strftime('%Y-%m-%dT%H:%M:%S')}{stamp[15:]}"
 
 
 @dataclass(frozen=True)
@@ -25,10 +52,17 @@ class RunStamp:
     when unknown sorts first), and at last by run id, so that any two runs compare the same way
     everywhere.
 
+    A re-check run (:attr:`ManifestRef.recheck`) carries its upload's sequencer and time, and its run id
+    is the upload's plus ``!recheck-<time>``: it sorts after the upload it re-checks and after earlier
+    re-checks of it (the times are fixed-width), and before any later upload (a greater sequencer or
+    time, or a run id that differs before the ``!``).
+
     >>> old = RunStamp("v1", sequencer="0A1B", modified="20261125T100000Z")
     >>> RunStamp("v2", sequencer="00A1C", modified="20261125T100000Z").is_newer_than(old)
     True
     >>> RunStamp("v3", modified="20261125T100001Z").is_newer_than(old)  # no sequencer: the time decides
+    True
+    >>> RunStamp("v1!recheck-20261126T000000.000Z", "0A1B", "20261125T100000Z").is_newer_than(old)
     True
     """
 
@@ -84,20 +118,39 @@ class ManifestRef:
     # The object's LastModified (GetObject), "YYYYMMDDTHHMMSSZ": orders runs when events carry no sequencer.
     last_modified: str | None = None
     # The S3 event's eventTime (ISO 8601): the run's date in the index, the same for every batch and retry.
+    # A re-check run's is its scheduled time.
     event_time: str | None = None
+    # A re-check of the upload described above (docs/recheck.md): when it was scheduled, as
+    # "YYYYMMDDTHHMMSS.mmmZ" (fixed width: sorts as it compares). None: the upload's own run.
+    recheck: str | None = None
+
+    @property
+    def upload_run_id(self) -> str:
+        """Identifies one upload of the manifest: redelivered events share it, a re-upload does not."""
+        return self.version_id or self.sequencer or self.etag or ""
 
     @property
     def run_id(self) -> str:
-        """Identifies one upload of the manifest: redelivered events share it, a re-upload does not."""
-        return self.version_id or self.sequencer or self.etag or ""
+        """Identifies one run: the upload's run id, or for a re-check of it ``<upload run id>!recheck-<time>``.
+
+        >>> ManifestRef("in", "a.json", version_id="v1", recheck="20261126T000000.000Z").run_id
+        'v1!recheck-20261126T000000.000Z'
+        """
+        if self.recheck:
+            return f"{self.upload_run_id}{RECHECK_RUN_SEPARATOR}{self.recheck}"
+        return self.upload_run_id
 
     @property
     def stamp(self) -> RunStamp:
         return RunStamp(self.run_id, (self.sequencer or "").upper(), self.last_modified or "")
 
+    def upload(self) -> ManifestRef:
+        """The reference of the upload a re-check run re-checks (itself for an upload's run)."""
+        return replace(self, recheck=None) if self.recheck else self
+
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {"bucket": self.bucket, "key": self.key}
-        for name in ("etag", "version_id", "sequencer", "last_modified", "event_time"):
+        for name in ("etag", "version_id", "sequencer", "last_modified", "event_time", "recheck"):
             value = getattr(self, name)
             if value:
                 out[name] = value
@@ -114,6 +167,7 @@ class ManifestRef:
             sequencer=data.get("sequencer"),
             last_modified=data.get("last_modified"),
             event_time=data.get("event_time"),
+            recheck=data.get("recheck"),
         )
 
 
