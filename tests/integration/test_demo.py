@@ -110,9 +110,9 @@ def test_the_demo_labels_the_photos_and_writes_the_gallery(
     ]
     # The re-check: the rocket changed on its server; one call, its result object alone written again.
     rechecked = ending[ending.index("re-check (the manifest is under watch/") :]
-    assert "re-check: complete · 11 entries · 5 unchanged · 1 changed (rocket) · 0 gone · 5 failed" in rechecked
-    assert "DetectLabels 1 call, 5 saved" in rechecked
-    assert "written   1 result object(s): rocket; the 10 others untouched" in rechecked
+    assert "re-check: complete · 13 entries · 6 unchanged · 1 changed (rocket) · 0 gone · 6 failed" in rechecked
+    assert "DetectLabels 1 call, 6 saved" in rechecked
+    assert "written   1 result object(s): rocket; the 12 others untouched" in rechecked
     changed = [line.split("│")[1:4] for line in rechecked.splitlines() if line.startswith("│")]
     assert [cell.strip() for cell in changed[0][:1]] == ["rocket"] and "Cat" in changed[0][2]
     assert "✓ the re-check relabeled the changed photo alone and wrote nothing else" in out
