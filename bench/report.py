@@ -47,6 +47,10 @@ def _title(name: str, item: dict[str, Any]) -> str:
         "peak_rss_mb": lambda: "Peak RSS of a container, JPEG, PNG, WebP and > 5 MB images",
         "rekognition_calls_on_reupload": lambda: "DetectLabels calls, same manifest uploaded again",
         "calls_for_identical_bytes": lambda: "DetectLabels calls, 24 URLs / 3 distinct images",
+        "recheck_calls_per_unchanged_image": lambda: (
+            f"Re-check of {raw.get('images')} unchanged images: DetectLabels calls per image "
+            f"({raw.get('s3_requests_per_unchanged_image')} S3 requests per image)"
+        ),
         "local_images_per_s": lambda: "Offline backend, end to end",
     }
     return titles[name]() if name in titles else name
