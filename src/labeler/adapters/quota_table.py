@@ -47,9 +47,10 @@ def build_table_client() -> Any:
     would book its slots twice).
     """
     import boto3
-    from botocore.config import Config
 
-    config = Config(
+    from labeler.adapters.aws_config import client_config
+
+    config = client_config(
         connect_timeout=1,
         read_timeout=1,
         retries={"mode": "standard", "total_max_attempts": 1},
