@@ -180,10 +180,12 @@ def fan_out_on_demand(settings: Settings) -> FanOutSplit | None:
         head: list[EntryItem],
         deadline: Deadline,
         options: LabelOptions,
+        *,
+        unseen_keys: bool = False,
     ) -> dict[str, Any]:
         fanout = get_fanout()
         assert fanout is not None
-        return fanout.split(manifest, entries, head, deadline, options)
+        return fanout.split(manifest, entries, head, deadline, options, unseen_keys=unseen_keys)
 
     return split
 

@@ -311,20 +311,29 @@ class Lookahead:
         return self.looked().memo
 
 
-def look_at_entry(services: Services, manifest: ManifestRef, entry: ManifestEntry) -> Looked:
+def look_at_entry(services: Services, manifest: ManifestRef, entry: ManifestEntry, *, unseen: bool = False) -> Looked:
     """HEAD the entry's key; then, only when there is something to label (no record of this run or a newer
-    one), read its URL memo: a retried run's finished entries cost one request each, not two."""
-    try:
-        head: Head = services.store.head(entry_key(manifest, entry))
-    except Exception:
-        logger.warning("cannot look at an entry's key; its write decides", exc_info=True)
-        head = NOT_LOOKED
+    one), read its URL memo: a retried run's finished entries cost one request each, not two.
+
+    ``unseen``: the key cannot hold a record of this run or a newer one (see :func:`process_entries`):
+    it is not looked at, and its write is ``If-None-Match`` (a 412 makes the writer look then).
+    """
+    head: Head = NOT_LOOKED
+    if not unseen:
+        try:
+            head = services.store.head(entry_key(manifest, entry))
+        except Exception:
+            logger.warning("cannot look at an entry's key; its write decides", exc_info=True)
     if isinstance(head, ObjectHead) and judge(head, manifest.stamp) is not None:
         return Looked(head)
-    # s3:// entries have no URL memo: their cache identity is their version or ETag (logic.s3_entries).
-    if services.cache is None or is_s3_url(entry.url):
+    if not _has_url_memo(services, entry):
         return Looked(head)
-    return Looked(head, services.cache.get_url_memo(entry.url))
+    return Looked(head, services.cache.get_url_memo(entry.url))  # type: ignore[union-attr]
+
+
+def _has_url_memo(services: Services, entry: ManifestEntry) -> bool:
+    # s3:// entries have no URL memo: their cache identity is their version or ETag (logic.s3_entries).
+    return services.cache is not None and not is_s3_url(entry.url)
 
 
 def _record_metadata(manifest: ManifestRef, item: EntryItem) -> dict[str, Any]:
@@ -605,10 +614,14 @@ def _run_one(
     return label_entry(services, manifest, item, deadline, ahead)
 
 
-def _look_ahead(pool: ThreadPoolExecutor, services: Services, manifest: ManifestRef, item: EntryItem) -> Lookahead:
+def _look_ahead(
+    pool: ThreadPoolExecutor, services: Services, manifest: ManifestRef, item: EntryItem, unseen: bool
+) -> Lookahead:
     if isinstance(item, RejectedEntry):  # written optimistically: a 412 makes the writer look
         return Lookahead()
-    return Lookahead(pool.submit(look_at_entry, services, manifest, item))
+    if unseen and not _has_url_memo(services, item):  # nothing to look at or read ahead
+        return Lookahead()
+    return Lookahead(pool.submit(look_at_entry, services, manifest, item, unseen=unseen))
 
 
 # --- many entries -----------------------------------------------------------------------------------
@@ -633,6 +646,8 @@ def process_entries(
     items: Iterable[EntryItem],
     deadline: Deadline | None = None,
     on_outcome: Callable[[EntryOutcome], None] | None = None,
+    *,
+    unseen_keys: bool = False,
 ) -> RunResult:
     """Run ``items`` over ``MAX_WORKERS`` threads with a bounded number in flight.
 
@@ -641,6 +656,11 @@ def process_entries(
     their URL memos meanwhile, so a worker that picks an entry up starts its download at once.
     Once the deadline passes, or a newer run is found, no entry starts; entries not started are
     counted ``unfinished`` (deadline) or superseded.
+
+    ``unseen_keys``: this is the first attempt of the first run at its manifest key (its report was
+    stored over nothing, ``Published.first_at_key``), so no entry's key holds a record of this run
+    or a newer one, and none is looked at: a new image costs no ``HEAD``. An older record (a report
+    deleted by hand) or a newer run starting meanwhile is found by the guarded write's 412.
     """
     deadline = deadline or Deadline()
     workers = services.settings.max_workers
@@ -658,7 +678,7 @@ def process_entries(
                     if deadline.expired():
                         run.result.unfinished += 1
                         break
-                    ahead = _look_ahead(read_ahead, services, manifest, item)
+                    ahead = _look_ahead(read_ahead, services, manifest, item, unseen_keys)
                     in_flight.add(pool.submit(_run_one, services, manifest, item, deadline, run.superseded, ahead))
                     if len(in_flight) >= 2 * workers:
                         done, in_flight = wait(in_flight, return_when=FIRST_COMPLETED)
@@ -681,6 +701,8 @@ def label_entries(
     deadline: Deadline | None = None,
     on_outcome: Callable[[EntryOutcome], None] | None = None,
     on_calls: Callable[[int], None] | None = None,
+    *,
+    unseen_keys: bool = False,
 ) -> RunResult:
     """:func:`process_entries` with a run's options and its DetectLabels cap (``options.max_label_calls``).
 
@@ -693,7 +715,9 @@ def label_entries(
     budget = CallBudget(run_key(manifest), cap, services.budgets if cap is not None else None)
     try:
         with budget:
-            return process_entries(services.for_run(options, budget), manifest, items, deadline, on_outcome)
+            return process_entries(
+                services.for_run(options, budget), manifest, items, deadline, on_outcome, unseen_keys=unseen_keys
+            )
     finally:
         if on_calls is not None:
             on_calls(budget.made)
@@ -793,7 +817,20 @@ def _raising(error: ManifestError) -> Iterator[EntryItem]:
     yield  # pragma: no cover - makes this a generator
 
 
-FanOutSplit = Callable[[ManifestRef, Iterator[EntryItem], list[EntryItem], Deadline, LabelOptions], dict[str, Any]]
+class FanOutSplit(Protocol):
+    """Sends a large manifest's entries to the work queue (``FanOut.split``); ``unseen_keys`` as in
+    :func:`process_entries`, for the batches this split sends."""
+
+    def __call__(
+        self,
+        manifest: ManifestRef,
+        entries: Iterator[EntryItem],
+        head: list[EntryItem],
+        deadline: Deadline,
+        options: LabelOptions,
+        *,
+        unseen_keys: bool = False,
+    ) -> dict[str, Any]: ...
 
 
 def process_manifest(
@@ -835,11 +872,18 @@ def process_manifest(
     if started.superseded:
         return superseded_summary(manifest, Tally())
     if fan_out is not None and fans_out:
-        return fan_out(manifest, entries, head, deadline, options)
+        return fan_out(manifest, entries, head, deadline, options, unseen_keys=started.first_at_key)
 
     index = PartIndex(services.store, manifest, INLINE_PART)
     run = label_entries(
-        services, manifest, chain(head, entries), options, deadline, index.observing(on_outcome), on_calls
+        services,
+        manifest,
+        chain(head, entries),
+        options,
+        deadline,
+        index.observing(on_outcome),
+        on_calls,
+        unseen_keys=started.first_at_key,
     )
     if run.superseded:
         return superseded_summary(manifest, run.tally)
