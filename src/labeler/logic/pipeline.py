@@ -543,8 +543,11 @@ def _label(
     services: Services, entry: ManifestEntry, memo: UrlMemo | None, timings: _Timings, deadline: Deadline
 ) -> tuple[ResultRecord, EntryOutcome]:
     """Fetch, check and label one entry: its record and outcome. Raises the entry's LabelerError or OutOfTime."""
-    if isinstance(services.backend, GetsReady):  # a label call may follow the download: overlap its set-up
+    # A label call may follow the download: overlap its set-up (the limiter's client, the run's first block of calls).
+    if isinstance(services.backend, GetsReady):
         services.backend.prepare()
+    if services.labeling is not None and services.labeling.budget is not None:
+        services.labeling.budget.prepare()
     if is_s3_url(entry.url):  # an object in S3: read from there (or by Rekognition itself), never over HTTP
         from labeler.logic.s3_entries import label_s3_entry
 
