@@ -180,8 +180,7 @@ def fan_out_on_demand(settings: Settings) -> FanOutSplit | None:
         head: list[EntryItem],
         deadline: Deadline,
         options: LabelOptions,
-        *,
-        unseen_keys: bool = False,
+        unseen_keys: bool,
     ) -> dict[str, Any]:
         fanout = get_fanout()
         assert fanout is not None

@@ -820,20 +820,10 @@ def _raising(error: ManifestError) -> Iterator[EntryItem]:
     yield  # pragma: no cover - makes this a generator
 
 
-class FanOutSplit(Protocol):
-    """Sends a large manifest's entries to the work queue (``FanOut.split``); ``unseen_keys`` as in
-    :func:`process_entries`, for the batches this split sends."""
-
-    def __call__(
-        self,
-        manifest: ManifestRef,
-        entries: Iterator[EntryItem],
-        head: list[EntryItem],
-        deadline: Deadline,
-        options: LabelOptions,
-        *,
-        unseen_keys: bool = False,
-    ) -> dict[str, Any]: ...
+# FanOut.split(manifest, entries, head, deadline, options, unseen_keys): the last as in process_entries.
+FanOutSplit = Callable[
+    [ManifestRef, Iterator[EntryItem], list[EntryItem], Deadline, LabelOptions, bool], dict[str, Any]
+]
 
 
 def process_manifest(
@@ -875,7 +865,7 @@ def process_manifest(
     if started.superseded:
         return superseded_summary(manifest, Tally())
     if fan_out is not None and fans_out:
-        return fan_out(manifest, entries, head, deadline, options, unseen_keys=started.first_at_key)
+        return fan_out(manifest, entries, head, deadline, options, started.first_at_key)
 
     index = PartIndex(services.store, manifest, INLINE_PART)
     run = label_entries(
