@@ -174,3 +174,25 @@ def test_a_first_splits_batches_look_at_no_key_on_their_first_delivery_only(
     assert (report["status"], report["succeeded"]) == ("complete", 6)
     assert requests.by_prefix["PutObject results"] == 6
     assert requests.by_prefix["HeadObject results"] == 2  # the redelivered batch's two entries, no other
+
+
+def test_the_first_entry_is_looked_at_alone_before_the_others_start(
+    buckets: Buckets, site: Site, lambda_env: dict[str, str]
+) -> None:
+    client = get_services().store.client  # type: ignore[attr-defined]
+    memo_reads: list[str] = []
+    started_when_first_ended: list[int] = []
+
+    def started(params: dict[str, Any], **_: Any) -> None:
+        if str(params.get("Key", "")).startswith("cache/urls/"):
+            memo_reads.append(params["Key"])
+
+    def ended(**_: Any) -> None:
+        if memo_reads and not started_when_first_ended:
+            started_when_first_ended.append(len(memo_reads))
+
+    client.meta.events.register("before-parameter-build.s3.GetObject", started)
+    client.meta.events.register("after-call.s3.GetObject", ended)
+    manifest_created.handler(buckets.put_manifest("first.json", manifest_of(site, N)), FakeLambdaContext())
+    assert len(memo_reads) == N
+    assert started_when_first_ended == [1]  # no other entry's look had started when the first one's ended

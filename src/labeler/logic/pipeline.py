@@ -674,6 +674,7 @@ def process_entries(
     try:
         with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="entry") as pool:
             in_flight: set[Future[EntryOutcome]] = set()
+            first = True
             try:
                 for item in items:
                     if run.superseded.is_set():
@@ -682,6 +683,11 @@ def process_entries(
                         run.result.unfinished += 1
                         break
                     ahead = _look_ahead(read_ahead, services, manifest, item, unseen_keys)
+                    if first:
+                        # The run's first entry: its look alone, before 2 × MAX_WORKERS threads start and their looks
+                        # crowd it (~100 ms then), so that its download, and the run's first label call, leave sooner.
+                        first = False
+                        ahead.looked()
                     in_flight.add(pool.submit(_run_one, services, manifest, item, deadline, run.superseded, ahead))
                     if len(in_flight) >= 2 * workers:
                         done, in_flight = wait(in_flight, return_when=FIRST_COMPLETED)
