@@ -8,7 +8,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from labeler.logic.budget import CallBudget, InMemoryBudgetStore, effective_cap
+from labeler.logic.budget import CallBudget, Grant, InMemoryBudgetStore, effective_cap
 from labeler.models.errors import ErrorCode, LabelerError, OverBudget
 
 
@@ -180,3 +180,55 @@ def test_threads_never_make_more_calls_than_the_cap() -> None:
     assert made == budget.made == 137 == store.used("run")
     # Full blocks, then shares shrinking near the cap (about block x (1 + ln block) requests), one give-back.
     assert store.requests <= 137 / 8 + 8 * (1 + math.log(8)) + 1
+
+
+class _SlowStore(InMemoryBudgetStore):
+    """A store whose ``take`` waits until it is let go: the first block is still on its way."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.let_go = threading.Event()
+        self.takes = 0
+
+    def take(self, run_key: str, wanted: int, cap: int) -> Grant:
+        self.takes += 1
+        self.let_go.wait(timeout=10)
+        return super().take(run_key, wanted, cap)
+
+
+def test_prepare_takes_the_first_block_ahead_and_a_reservation_waits_for_it_not_for_a_second() -> None:
+    store = _SlowStore()
+    budget = CallBudget("run", cap=100, store=store, block=4)
+    budget.prepare()
+    budget.prepare()  # once
+    reserved = threading.Event()
+
+    def reserve() -> None:
+        with budget.reserve():
+            reserved.set()
+
+    waiter = threading.Thread(target=reserve)
+    waiter.start()
+    assert not reserved.wait(0.05)  # the block is on its way: the reservation waits for it
+    store.let_go.set()
+    waiter.join(timeout=5)
+    assert reserved.is_set() and store.takes == 1  # the prepared block served it: no second request
+    budget.close()
+    assert (budget.made, store.used("run")) == (1, 1)  # the rest of the block went back
+
+
+def test_a_prepared_block_no_call_used_goes_back_at_close() -> None:
+    store = _SlowStore()
+    store.let_go.set()
+    budget = CallBudget("run", cap=100, store=store, block=4)
+    budget.prepare()
+    budget.close()  # waits for the block on its way, then gives it back
+    assert store.used("run") == 0
+    budget.prepare()  # after close: nothing is taken
+    assert store.takes == 1
+
+
+def test_no_cap_prepares_nothing() -> None:
+    store = _SlowStore()
+    CallBudget("run", cap=None, store=store).prepare()
+    assert store.takes == 0

@@ -206,3 +206,30 @@ def test_a_failing_source_falls_back_warns_once_and_is_retried_later() -> None:
     clock.now += 100.0
     limiter.acquire()
     assert len(warnings) == 1  # a second outage is not logged again
+
+
+class LeadSource:
+    """A shared timeline as TableSlots keeps it: no slot before ``lead`` after the request, and idle time not
+    saved up (a lease asked too late to follow on the booked slots restarts at ``ready``: a gap)."""
+
+    def __init__(self, interval: float, lead: float) -> None:
+        self.interval, self.lead = interval, lead
+        self.tat = -1.0
+        self.leases: list[Lease] = []
+
+    def lease(self, count: int) -> Lease:
+        ready = time.monotonic() + self.lead
+        first = max(self.tat, ready)
+        self.tat = first + count * self.interval
+        self.leases.append(Lease(first, count, self.interval, resumed=first == ready))
+        return self.leases[-1]
+
+
+def test_the_next_lease_is_booked_a_lead_ahead_so_that_its_slots_follow_on() -> None:
+    source = LeadSource(interval=0.05, lead=0.25)
+    limiter = SlotLimiter(source, min_lease=5, book_ahead=0.1)
+    for _ in range(6):  # five slots of the first lease, then the sixth caller books the next lease
+        limiter.reserve()
+    first, second = source.leases
+    # booked while the first lease still had more than a lead to run: no slot between the two passes unused
+    assert second.first == pytest.approx(first.last + source.interval)

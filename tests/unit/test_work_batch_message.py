@@ -42,3 +42,12 @@ def test_an_s3_entry_s_version_travels_in_the_message() -> None:
     body = json.loads(json.dumps(WorkBatch(MANIFEST, 0, entries).to_message()))
     assert body["entries"][0]["version_id"] == "3HL4kqtJvjVBH40Nrjfkd" and "version_id" not in body["entries"][1]
     assert WorkBatch.from_message(body).entries == entries
+
+
+def test_unseen_keys_travel_only_when_set() -> None:
+    unseen = json.loads(json.dumps(WorkBatch(MANIFEST, 0, ENTRIES, unseen_keys=True).to_message()))
+    assert unseen["unseen_keys"] is True and WorkBatch.from_message(unseen).unseen_keys
+    plain = WorkBatch(MANIFEST, 0, ENTRIES).to_message()
+    assert "unseen_keys" not in plain and not WorkBatch.from_message(plain).unseen_keys
+    # anything but true (a message from elsewhere, a string) means the keys are looked at
+    assert not WorkBatch.from_message({**plain, "unseen_keys": "true"}).unseen_keys

@@ -112,9 +112,10 @@ def completion_entry(
 
 def build_events_client() -> Any:
     import boto3
-    from botocore.config import Config
 
-    return boto3.client("events", config=Config(retries={"mode": "standard", "max_attempts": 5}))
+    from labeler.adapters.aws_config import client_config
+
+    return boto3.client("events", config=client_config(retries={"mode": "standard", "max_attempts": 5}))
 
 
 class CompletionEvents:

@@ -47,9 +47,10 @@ def build_table_client() -> Any:
     would book its slots twice).
     """
     import boto3
-    from botocore.config import Config
 
-    config = Config(
+    from labeler.adapters.aws_config import client_config
+
+    config = client_config(
         connect_timeout=1,
         read_timeout=1,
         retries={"mode": "standard", "total_max_attempts": 1},
@@ -93,6 +94,12 @@ class TableSlots:
         self._lock = threading.Lock()
         self.requests = 0  # UpdateItem requests sent (the cost bound counts them)
 
+    @property
+    def lead(self) -> float:
+        """Seconds from a lease's request to its first slot: no slot before the answer can be in (twice the recent
+        round trips, within bounds). ``SlotLimiter`` books at least this long before its last slot passes."""
+        return min(self._max_lead, max(self._min_lead, 2 * self._round_trip))
+
     def prepare(self) -> None:
         """Build the table client now, so that the first lease costs one round trip and nothing more."""
         with self._lock:
@@ -105,8 +112,7 @@ class TableSlots:
                 self._client = self._client_factory()
             now_mono, now_us = self._clock(), round(self._wall() * 1_000_000)
             span = count * self._interval_us
-            # no slot before the answer can be in: twice the recent round trips, within bounds
-            ready_us = now_us + round(min(self._max_lead, max(self._min_lead, 2 * self._round_trip)) * 1_000_000)
+            ready_us = now_us + round(self.lead * 1_000_000)
             idle = self._idle_guess and ready_us > self._seen_tat_us
             steps = [self._resume, self._extend] if idle else [self._extend, self._resume, self._extend]
             for step in steps:

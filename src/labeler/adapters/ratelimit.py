@@ -243,7 +243,7 @@ class SlotLimiter:
                 if latest_start is not None and self._slots[0] > latest_start:
                     raise OutOfTime("the next DetectLabels slot is after the deadline")
                 return self._slots.popleft()
-            book_at = self._booked_until - self.book_ahead
+            book_at = self._booked_until - self._book_ahead()
             if self._leasing or now < book_at:
                 until = book_at if not self._leasing else now + 0.5
                 if latest_start is not None:
@@ -251,6 +251,13 @@ class SlotLimiter:
                 self._cond.wait(max(0.001, until - now))
                 continue
             self._book()
+
+    def _book_ahead(self) -> float:
+        """How long before its last booked slot this process books again: ``book_ahead``, or the source's lead
+        and one slot if that is longer. A lease's first slot comes a lead after its request: booked later than
+        that, the new slots could not follow on the booked ones, and the slots between would pass unused."""
+        lead = getattr(self.source, "lead", 0.0)
+        return max(self.book_ahead, lead + self.source.interval)
 
     def _book(self) -> None:
         """Lease slots for the waiting callers (``_cond`` held on entry and exit, released meanwhile)."""

@@ -60,13 +60,14 @@ class PreconditionFailed(Exception):
 
 def build_s3_client(max_pool_connections: int = 64) -> Any:
     import boto3
-    from botocore.config import Config
+
+    from labeler.adapters.aws_config import client_config
 
     # Short timeouts: every S3 call of an entry (HEAD, cache, record) is a few KB; a stuck connection is
     # retried on a fresh one instead of holding a worker for botocore's default 60 s per read.
     return boto3.client(
         "s3",
-        config=Config(
+        config=client_config(
             retries={"mode": "standard", "max_attempts": 5},
             max_pool_connections=max_pool_connections,
             connect_timeout=5,

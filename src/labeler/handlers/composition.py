@@ -76,10 +76,11 @@ def build_services(settings: Settings) -> Services:
     if settings.state_table:
         import boto3
 
+        from labeler.adapters.aws_config import client_config
         from labeler.adapters.budget_table import BudgetTable
         from labeler.adapters.progress import ProgressTable
 
-        dynamodb = boto3.client("dynamodb")
+        dynamodb = boto3.client("dynamodb", config=client_config())
         progress = ProgressTable(dynamodb, settings.state_table)
         budgets = BudgetTable(dynamodb, settings.state_table)  # on the run's progress item, for every invocation
     cache = None
@@ -146,12 +147,13 @@ def build_fanout(services: Services) -> FanOut | None:
         return None
     import boto3
 
+    from labeler.adapters.aws_config import client_config
     from labeler.adapters.progress import ProgressTable
     from labeler.adapters.queue import WorkQueue
     from labeler.logic.fanout import FanOut
 
     assert isinstance(services.progress, ProgressTable)  # fans_out implies STATE_TABLE
-    queue = WorkQueue(boto3.client("sqs"), settings.work_queue_url)
+    queue = WorkQueue(boto3.client("sqs", config=client_config()), settings.work_queue_url)
     return FanOut(services=services, queue=queue, progress=services.progress)
 
 
@@ -178,10 +180,11 @@ def fan_out_on_demand(settings: Settings) -> FanOutSplit | None:
         head: list[EntryItem],
         deadline: Deadline,
         options: LabelOptions,
+        unseen_keys: bool,
     ) -> dict[str, Any]:
         fanout = get_fanout()
         assert fanout is not None
-        return fanout.split(manifest, entries, head, deadline, options)
+        return fanout.split(manifest, entries, head, deadline, options, unseen_keys=unseen_keys)
 
     return split
 

@@ -68,7 +68,9 @@ class OncePerDelivery:
             if dynamodb is None:
                 import boto3
 
-                dynamodb = boto3.client("dynamodb")
+                from labeler.adapters.aws_config import client_config
+
+                dynamodb = boto3.client("dynamodb", config=client_config())
             self._persistence = DynamoDBPersistenceLayer(table_name=settings.state_table, boto3_client=dynamodb)
             self._config = IdempotencyConfig(expires_after_seconds=ONE_DAY_SECONDS)
 

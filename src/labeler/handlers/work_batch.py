@@ -26,8 +26,12 @@ from labeler.observability import logger, metrics, publish_entry_metrics, publis
 processor = BatchProcessor(event_type=EventType.SQS)
 
 
-def label_batch(fanout: FanOut, batch: WorkBatch, deadline: Deadline, counted: InvocationTally) -> dict[str, Any]:
-    result = fanout.process_batch(batch, deadline, on_outcome=counted.add, on_calls=counted.add_calls)
+def label_batch(
+    fanout: FanOut, batch: WorkBatch, deadline: Deadline, counted: InvocationTally, first_delivery: bool = False
+) -> dict[str, Any]:
+    result = fanout.process_batch(
+        batch, deadline, on_outcome=counted.add, on_calls=counted.add_calls, first_delivery=first_delivery
+    )
     return {"batch": batch.batch_index, **result.tally.to_dict()}
 
 
@@ -56,10 +60,12 @@ def record_handler(record: SQSRecord, lambda_context: LambdaContext | None = Non
     once = get_once()
     once.register_context(lambda_context)
     delivery = {"run": run_key(batch.manifest), "batch": batch.batch_index}
+    # SQS's own count, never a default: only a message's first delivery may skip its keys' look.
+    first_delivery = record.attributes.approximate_receive_count == "1"
     # Any failure (DuplicateInProgress included) leaves the message to SQS: it comes back after the
     # visibility timeout, and entries already recorded are found done then.
     try:
-        once.run_once(delivery, partial(label_batch, fanout, batch, deadline, counted))
+        once.run_once(delivery, partial(label_batch, fanout, batch, deadline, counted, first_delivery))
     except Exception as exc:
         fanout.note_failure(batch, exc)
         raise

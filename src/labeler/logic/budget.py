@@ -153,7 +153,9 @@ class CallBudget:
         self.cap = cap
         self._store = store
         self._block = block
-        self._lock = threading.Lock()
+        self._lock = threading.Condition()
+        self._prepared = False
+        self._refilling = False  # a block is being taken in the background (prepare)
         self._pool = 0  # taken from the store, not reserved yet
         self._outstanding = 0  # reserved, not settled yet
         self._last_used: int | None = None  # the run's count at the store's last answer
@@ -166,10 +168,36 @@ class CallBudget:
         """True once the store had nothing left for this invocation (every later reserve() fails)."""
         return self._exhausted
 
+    def prepare(self) -> None:
+        """A call may follow soon (an image is being downloaded): take the first block in the background, once,
+        so that the first reservation finds it instead of waiting for the store's round trip. A run that then
+        makes no call gives it back at :meth:`close`, as it gives back any unused rest."""
+        with self._lock:
+            if self.cap is None or self._prepared or self._pool or self._exhausted:
+                return
+            self._prepared = self._refilling = True
+        threading.Thread(
+            target=self._refill_in_background, args=(self.cap,), name="budget-prepare", daemon=True
+        ).start()
+
+    def _refill_in_background(self, cap: int) -> None:
+        assert self._store is not None
+        try:
+            grant: Grant | None = self._store.take(self.run_key, self._wanted(cap), cap)
+        except Exception:  # the first reservation asks again, and fails as it would have
+            grant = None
+        with self._lock:
+            self._refilling = False
+            if grant is not None:
+                self._apply(grant)
+            self._lock.notify_all()
+
     def reserve(self) -> CallReservation:
         """A reservation for one call; :class:`OverBudget` when the run's cap is reached."""
         with self._lock:
             if self.cap is not None:
+                while self._refilling and self._pool == 0:
+                    self._lock.wait()
                 if self._pool == 0 and not self._exhausted:
                     # Asked under the lock: threads arriving meanwhile wait for this one request's block.
                     self._refill(self.cap)
@@ -189,7 +217,9 @@ class CallBudget:
 
     def _refill(self, cap: int) -> None:
         assert self._store is not None
-        grant = self._store.take(self.run_key, self._wanted(cap), cap)
+        self._apply(self._store.take(self.run_key, self._wanted(cap), cap))
+
+    def _apply(self, grant: Grant) -> None:
         self._last_used = grant.used
         self._pool += grant.granted
         if grant.granted == 0:
@@ -206,6 +236,9 @@ class CallBudget:
     def close(self) -> None:
         """Give the calls taken but never reserved back to the run's count. Idempotent."""
         with self._lock:
+            while self._refilling:  # a block still on its way is given back too
+                self._lock.wait()
+            self._prepared = True  # no block is taken after this
             unused, self._pool = self._pool, 0
         if unused and self._store is not None:
             self._store.give_back(self.run_key, unused)

@@ -87,12 +87,16 @@ class WorkBatch:
     ``options`` are the run's, decided once by the splitter (``max_label_calls``: the run's cap), so
     every worker labels the same way and counts against the same cap, even if the stack's settings
     change mid-run. ``None``: a message written before options existed (the stack's apply).
+    ``unseen_keys``: sent by the first split of the first run at the manifest key (the only sender of
+    this message; a resumed split sends its batches without it): on its first delivery no entry's
+    key holds a record (:func:`~labeler.logic.pipeline.process_entries`).
     """
 
     manifest: ManifestRef
     batch_index: int
     entries: tuple[EntryItem, ...]
     options: LabelOptions | None = None
+    unseen_keys: bool = False
 
     def to_message(self) -> dict[str, Any]:
         message: dict[str, Any] = {
@@ -102,6 +106,8 @@ class WorkBatch:
         }
         if self.options is not None:
             message["options"] = self.options.to_message()
+        if self.unseen_keys:
+            message["unseen_keys"] = True
         return message
 
     @classmethod
@@ -109,7 +115,8 @@ class WorkBatch:
         try:
             entries = tuple(_entry_from_message(entry) for entry in body["entries"])
             options = LabelOptions.from_message(body["options"]) if body.get("options") is not None else None
-            return cls(ManifestRef.from_dict(body["manifest"]), int(body["batch_index"]), entries, options)
+            unseen = body.get("unseen_keys") is True
+            return cls(ManifestRef.from_dict(body["manifest"]), int(body["batch_index"]), entries, options, unseen)
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
             raise MalformedWorkBatch(f"not a work batch: {exc!r}") from exc
 
@@ -128,18 +135,23 @@ class FanOut:
         head: list[EntryItem],
         deadline: Deadline,
         options: LabelOptions,
+        *,
+        unseen_keys: bool = False,
     ) -> dict[str, Any]:
         """Send the entries not sent yet to the queue in batches; returns the report as it stands.
 
         ``options`` are the run's: the first split keeps them on the run's progress item, and a retried
-        split uses those, so every batch of a run carries the same. Raises :class:`DeadlineReached`
+        split uses those, so every batch of a run carries the same. ``unseen_keys``: this split stored
+        the run's first report over nothing (``WorkBatch.unseen_keys``). Raises :class:`DeadlineReached`
         when the deadline comes first (the retry resumes).
         """
         key = run_key(manifest)
         options = LabelOptions.from_message(self.progress.keep_options(key, options.to_message()))
         state = self.progress.read(key)
         if state.batch_count is None:  # not every batch was sent yet (a first split, or a retried one)
-            batch_count, error = self._send_batches(manifest, chain(head, entries), state.cursor, deadline, options)
+            batch_count, error = self._send_batches(
+                manifest, chain(head, entries), state.cursor, deadline, options, unseen_keys and state.cursor == 0
+            )
             self.progress.set_plan(key, batch_count, {"error": error.to_dict() if error else None})
             logger.info("manifest fanned out", extra={"batches": batch_count, "resumed_at": state.cursor})
         final = self.maybe_finalize(manifest, options)
@@ -153,7 +165,13 @@ class FanOut:
         return superseded_summary(manifest, state.tally) if published.superseded else published.report
 
     def _send_batches(
-        self, manifest: ManifestRef, items: Iterable[EntryItem], cursor: int, deadline: Deadline, options: LabelOptions
+        self,
+        manifest: ManifestRef,
+        items: Iterable[EntryItem],
+        cursor: int,
+        deadline: Deadline,
+        options: LabelOptions,
+        unseen_keys: bool = False,
     ) -> tuple[int, ManifestError | None]:
         """Send batches ``cursor``… of ``items``; (how many batches the run has, the manifest's own error)."""
         size = self.services.settings.batch_size
@@ -163,7 +181,9 @@ class FanOut:
         def batch(entries: list[EntryItem]) -> dict[str, Any] | None:
             index = found["count"]
             found["count"] += 1
-            return WorkBatch(manifest, index, tuple(entries), options).to_message() if index >= cursor else None
+            if index < cursor:
+                return None
+            return WorkBatch(manifest, index, tuple(entries), options, unseen_keys).to_message()
 
         def messages() -> Iterator[dict[str, Any]]:
             pending: list[EntryItem] = []
@@ -201,13 +221,23 @@ class FanOut:
         deadline: Deadline | None = None,
         on_outcome: Callable[[EntryOutcome], None] | None = None,
         on_calls: Callable[[int], None] | None = None,
+        *,
+        first_delivery: bool = False,
     ) -> RunResult:
         """Label one batch, write its index object and count it. Raises so that SQS delivers the message again
-        when unfinished."""
+        when unfinished. ``first_delivery``: SQS delivers the message for the first time (receive count 1); with
+        ``batch.unseen_keys`` its entries' keys are not looked at."""
         options = self.run_options(batch)
         index = self.batch_index(batch)
         result = label_entries(
-            self.services, batch.manifest, batch.entries, options, deadline, index.observing(on_outcome), on_calls
+            self.services,
+            batch.manifest,
+            batch.entries,
+            options,
+            deadline,
+            index.observing(on_outcome),
+            on_calls,
+            unseen_keys=batch.unseen_keys and first_delivery,
         )
         write_index(index, result)
         if result.write_failures:

@@ -59,6 +59,8 @@ class Guarded:
     # what this writer put there (its ETag and metadata, as a HEAD would answer), when the store told the ETag:
     # the writer's next write of the key can start from it instead of looking again
     written: ObjectHead | None = None
+    # written with If-None-Match and S3 took it: there was no object at the key at that moment
+    over_nothing: bool = False
 
 
 class GuardContention(RuntimeError):
@@ -120,5 +122,5 @@ def guarded_put(
             continue
         # S3 answers user metadata keys in lower case
         written = ObjectHead(etag, {name.lower(): value for name, value in metadata.items()}) if etag else None
-        return Guarded(Verdict.WRITTEN, written=written)
+        return Guarded(Verdict.WRITTEN, written=written, over_nothing="if_none_match" in condition)
     raise GuardContention(f"{key}: still changing after {MAX_ATTEMPTS} conditional writes")

@@ -363,20 +363,29 @@ class Lookahead:
         return self.looked().memo
 
 
-def look_at_entry(services: Services, manifest: ManifestRef, entry: ManifestEntry) -> Looked:
+def look_at_entry(services: Services, manifest: ManifestRef, entry: ManifestEntry, *, unseen: bool = False) -> Looked:
     """HEAD the entry's key; then, only when there is something to label (no record of this run or a newer
-    one), read its URL memo: a retried run's finished entries cost one request each, not two."""
-    try:
-        head: Head = services.store.head(entry_key(manifest, entry))
-    except Exception:
-        logger.warning("cannot look at an entry's key; its write decides", exc_info=True)
-        head = NOT_LOOKED
+    one), read its URL memo: a retried run's finished entries cost one request each, not two.
+
+    ``unseen``: the key cannot hold a record of this run or a newer one (see :func:`process_entries`):
+    it is not looked at, and its write is ``If-None-Match`` (a 412 makes the writer look then).
+    """
+    head: Head = NOT_LOOKED
+    if not unseen:
+        try:
+            head = services.store.head(entry_key(manifest, entry))
+        except Exception:
+            logger.warning("cannot look at an entry's key; its write decides", exc_info=True)
     if isinstance(head, ObjectHead) and judge(head, manifest.stamp) is not None:
         return Looked(head)
-    # s3:// entries have no URL memo: their cache identity is their version or ETag (logic.s3_entries).
-    if services.cache is None or is_s3_url(entry.url):
+    if not _has_url_memo(services, entry):
         return Looked(head)
-    return Looked(head, services.cache.get_url_memo(entry.url))
+    return Looked(head, services.cache.get_url_memo(entry.url))  # type: ignore[union-attr]
+
+
+def _has_url_memo(services: Services, entry: ManifestEntry) -> bool:
+    # s3:// entries have no URL memo: their cache identity is their version or ETag (logic.s3_entries).
+    return services.cache is not None and not is_s3_url(entry.url)
 
 
 def _record_metadata(manifest: ManifestRef, item: EntryItem) -> dict[str, Any]:
@@ -594,8 +603,11 @@ def _label(
     services: Services, entry: ManifestEntry, memo: UrlMemo | None, timings: _Timings, deadline: Deadline
 ) -> tuple[ResultRecord, EntryOutcome]:
     """Fetch, check and label one entry: its record and outcome. Raises the entry's LabelerError or OutOfTime."""
-    if isinstance(services.backend, GetsReady):  # a label call may follow the download: overlap its set-up
+    # A label call may follow the download: overlap its set-up (the limiter's client, the run's first block of calls).
+    if isinstance(services.backend, GetsReady):
         services.backend.prepare()
+    if services.labeling is not None and services.labeling.budget is not None:
+        services.labeling.budget.prepare()
     if is_s3_url(entry.url):  # an object in S3: read from there (or by Rekognition itself), never over HTTP
         from labeler.logic.s3_entries import label_s3_entry
 
@@ -845,12 +857,16 @@ def _run_one(
     return label_entry(services, manifest, item, deadline, ahead)
 
 
-def _look_ahead(pool: ThreadPoolExecutor, services: Services, manifest: ManifestRef, item: EntryItem) -> Lookahead:
+def _look_ahead(
+    pool: ThreadPoolExecutor, services: Services, manifest: ManifestRef, item: EntryItem, unseen: bool
+) -> Lookahead:
     if manifest.recheck:  # one GET: the record's run, and the validators and hash of the content it was made from
         return Lookahead(record_future=pool.submit(services.store.get_record, entry_key(manifest, item)))
     if isinstance(item, RejectedEntry):  # written optimistically: a 412 makes the writer look
         return Lookahead()
-    return Lookahead(pool.submit(look_at_entry, services, manifest, item))
+    if unseen and not _has_url_memo(services, item):  # nothing to look at or read ahead
+        return Lookahead()
+    return Lookahead(pool.submit(look_at_entry, services, manifest, item, unseen=unseen))
 
 
 # --- many entries -----------------------------------------------------------------------------------
@@ -875,6 +891,8 @@ def process_entries(
     items: Iterable[EntryItem],
     deadline: Deadline | None = None,
     on_outcome: Callable[[EntryOutcome], None] | None = None,
+    *,
+    unseen_keys: bool = False,
 ) -> RunResult:
     """Run ``items`` over ``MAX_WORKERS`` threads with a bounded number in flight.
 
@@ -883,8 +901,14 @@ def process_entries(
     their URL memos meanwhile, so a worker that picks an entry up starts its download at once.
     Once the deadline passes, or a newer run is found, no entry starts; entries not started are
     counted ``unfinished`` (deadline) or superseded.
+
+    ``unseen_keys``: this is the first attempt of the first run at its manifest key (its report was
+    stored over nothing, ``Published.first_at_key``), so no entry's key holds a record of this run
+    or a newer one, and none is looked at: a new image costs no ``HEAD``. An older record (a report
+    deleted by hand) or a newer run starting meanwhile is found by the guarded write's 412.
     """
     deadline = deadline or Deadline()
+    unseen_keys = unseen_keys and not manifest.recheck  # a re-check reads every entry's record, always
     workers = services.settings.max_workers
     run = _Collector(on_outcome)
     # Half as many threads as workers: a look is one or two small requests, and more threads only contend for
@@ -893,6 +917,7 @@ def process_entries(
     try:
         with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="entry") as pool:
             in_flight: set[Future[EntryOutcome]] = set()
+            first = True
             try:
                 for item in items:
                     if run.superseded.is_set():
@@ -900,7 +925,12 @@ def process_entries(
                     if deadline.expired():
                         run.result.unfinished += 1
                         break
-                    ahead = _look_ahead(read_ahead, services, manifest, item)
+                    ahead = _look_ahead(read_ahead, services, manifest, item, unseen_keys)
+                    if first:
+                        # The run's first entry: its look alone, before 2 × MAX_WORKERS threads start and their looks
+                        # crowd it (~100 ms then), so that its download, and the run's first label call, leave sooner.
+                        first = False
+                        ahead.looked()
                     in_flight.add(pool.submit(_run_one, services, manifest, item, deadline, run.superseded, ahead))
                     if len(in_flight) >= 2 * workers:
                         done, in_flight = wait(in_flight, return_when=FIRST_COMPLETED)
@@ -923,6 +953,8 @@ def label_entries(
     deadline: Deadline | None = None,
     on_outcome: Callable[[EntryOutcome], None] | None = None,
     on_calls: Callable[[int], None] | None = None,
+    *,
+    unseen_keys: bool = False,
 ) -> RunResult:
     """:func:`process_entries` with a run's options and its DetectLabels cap (``options.max_label_calls``).
 
@@ -935,7 +967,9 @@ def label_entries(
     budget = CallBudget(run_key(manifest), cap, services.budgets if cap is not None else None)
     try:
         with budget:
-            return process_entries(services.for_run(options, budget), manifest, items, deadline, on_outcome)
+            return process_entries(
+                services.for_run(options, budget), manifest, items, deadline, on_outcome, unseen_keys=unseen_keys
+            )
     finally:
         if on_calls is not None:
             on_calls(budget.made)
@@ -1035,7 +1069,10 @@ def _raising(error: ManifestError) -> Iterator[EntryItem]:
     yield  # pragma: no cover - makes this a generator
 
 
-FanOutSplit = Callable[[ManifestRef, Iterator[EntryItem], list[EntryItem], Deadline, LabelOptions], dict[str, Any]]
+# FanOut.split(manifest, entries, head, deadline, options, unseen_keys): the last as in process_entries.
+FanOutSplit = Callable[
+    [ManifestRef, Iterator[EntryItem], list[EntryItem], Deadline, LabelOptions, bool], dict[str, Any]
+]
 
 
 def process_manifest(
@@ -1082,11 +1119,18 @@ def process_manifest(
     if started.superseded:
         return superseded_summary(manifest, Tally())
     if fan_out is not None and fans_out:
-        return fan_out(manifest, entries, head, deadline, options)
+        return fan_out(manifest, entries, head, deadline, options, started.first_at_key)
 
     index = PartIndex(services.store, manifest, INLINE_PART)
     run = label_entries(
-        services, manifest, chain(head, entries), options, deadline, index.observing(on_outcome), on_calls
+        services,
+        manifest,
+        chain(head, entries),
+        options,
+        deadline,
+        index.observing(on_outcome),
+        on_calls,
+        unseen_keys=started.first_at_key,
     )
     if run.superseded:
         return superseded_summary(manifest, run.tally)

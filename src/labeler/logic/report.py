@@ -290,6 +290,9 @@ class Published:
     report: dict[str, Any]
     verdict: Verdict  # WRITTEN; SAME_RUN: this run's final report stands there; SUPERSEDED: a newer run's does
     written: ObjectHead | None = None  # the report this call stored (for the run's next publish_report)
+    # no report was at the key when this one was stored: no run of this manifest key wrote anything before
+    # (every run stores its report before its first record), see pipeline.process_entries(unseen_keys=)
+    first_at_key: bool = False
 
     @property
     def superseded(self) -> bool:
@@ -321,4 +324,4 @@ def publish_report(
         head=existing,
         same_run_stays=lambda theirs: theirs.metadata.get("status") in FINAL_STATUSES,
     )
-    return Published(report, written.verdict, written.written)
+    return Published(report, written.verdict, written.written, first_at_key=written.over_nothing)

@@ -51,9 +51,10 @@ SHORT_READ_TIMEOUTS = (8.0, 4.0, 2.0, 1.0, 0.5)
 def build_client(max_pool_connections: int = 64, read_timeout: float = READ_TIMEOUT) -> Any:
     """A Rekognition client that never retries by itself (each retry must take a limiter slot)."""
     import boto3
-    from botocore.config import Config
 
-    config = Config(
+    from labeler.adapters.aws_config import client_config
+
+    config = client_config(
         retries={"mode": "standard", "total_max_attempts": 1},
         max_pool_connections=max_pool_connections,
         connect_timeout=min(CONNECT_TIMEOUT, read_timeout),
@@ -213,11 +214,12 @@ class RekognitionBackend:
     def _like_the_client(self, read_timeout: float) -> Any:
         """The same client with a shorter read timeout (same endpoint, region and pool size)."""
         import boto3
-        from botocore.config import Config
+
+        from labeler.adapters.aws_config import client_config
 
         meta = self._client.meta
         config = meta.config.merge(
-            Config(read_timeout=read_timeout, connect_timeout=min(read_timeout, meta.config.connect_timeout))
+            client_config(read_timeout=read_timeout, connect_timeout=min(read_timeout, meta.config.connect_timeout))
         )
         return boto3.client("rekognition", region_name=meta.region_name, endpoint_url=meta.endpoint_url, config=config)
 
