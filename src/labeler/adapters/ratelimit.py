@@ -169,24 +169,34 @@ class SlotLimiter:
         self._warned = False
         self._prepared = False
 
-    def prepare(self) -> None:
-        """Get the source ready for its first lease in the background (once): called when a call is
-        coming (an image is being downloaded), so that the first lease costs one round trip, not a
-        client's construction as well."""
-        if not isinstance(self.source, PreparedSource):
-            return
+    def prepare(self, book: bool = True) -> None:
+        """Get ready for the first call in the background (once): called when a call is coming (an image
+        is being downloaded). The source builds its client; then, with ``book`` (a call is likely: the image
+        is new), the first lease is taken meanwhile, so that its round trip and lead overlap the download
+        instead of following it. That lease spans the booking lead: the next one can follow on it."""
         with self._cond:
             if self._prepared:
                 return
             self._prepared = True
-        threading.Thread(target=self._prepare_source, name="limiter-prepare", daemon=True).start()
+        if not isinstance(self.source, PreparedSource):  # local slots: nothing to build, no round trip to hide
+            return
+        threading.Thread(target=self._prepare_source, args=(book,), name="limiter-prepare", daemon=True).start()
 
-    def _prepare_source(self) -> None:
-        assert isinstance(self.source, PreparedSource)
+    def _prepare_source(self, book: bool) -> None:
         try:
+            assert isinstance(self.source, PreparedSource)
             self.source.prepare()
+            if book:
+                self._book_first()
         except Exception:  # the first lease tries again, and falls back if it must
             return
+
+    def _book_first(self) -> None:
+        """The first lease, before any caller waits: enough slots to last until the next lease's could begin."""
+        with self._cond:
+            if self._slots or self._leasing or self._booked_until > -math.inf:
+                return  # a caller came first and booked
+            self._book(max(self.min_lease, math.ceil(self._book_ahead() / self.source.interval) + 1))
 
     def acquire(self, latest_start: float | None = None) -> float:
         """Wait for this caller's slot; returns the seconds waited.
@@ -259,9 +269,9 @@ class SlotLimiter:
         lead = getattr(self.source, "lead", 0.0)
         return max(self.book_ahead, lead + self.source.interval)
 
-    def _book(self) -> None:
+    def _book(self, at_least: int = 0) -> None:
         """Lease slots for the waiting callers (``_cond`` held on entry and exit, released meanwhile)."""
-        count = min(self.max_lease, self._waiting)
+        count = min(self.max_lease, max(self._waiting, at_least))
         if self._alone:
             count = max(count, self.min_lease)
         self._leasing = True
