@@ -16,6 +16,7 @@ before sending (``reserve``, then ``wait``): the request then leaves at the slot
 
 from __future__ import annotations
 
+import heapq
 import math
 import threading
 import time
@@ -158,7 +159,10 @@ class SlotLimiter:
         self._clock = clock
         self._sleep = sleep
         self._warn = warn or _log_warning
-        self._slots: deque[float] = deque()
+        self._slots: deque[float] = deque()  # booked, not yet reserved
+        self._held: list[float] = []  # reserved, not yet used: a heap shared by the waiting callers
+        # Wake this long before one's own slot: then the slot before, if unused, is less than max_late old.
+        self.standby = max(0.0, source.interval - max_late / 2)
         self._booked_until = -math.inf  # this process's last booked slot
         self._alone = True  # nobody else booked around this process's last lease (or there was none yet)
         self._waiting = 0
@@ -213,31 +217,48 @@ class SlotLimiter:
         with self._cond:
             self._waiting += 1
             try:
-                return self._next_slot(latest_start)
+                slot = self._next_slot(latest_start)
             finally:
                 self._waiting -= 1
+            heapq.heappush(self._held, slot)
+            return slot
 
     def wait(self, slot: float, latest_start: float | None = None, replacements: int = 2) -> float:
-        """Sleep until ``slot``; the slot used. One missed by more than ``max_late`` (the process was
-        not scheduled in time) is replaced, up to ``replacements`` times: a late call would come too
-        close to the next one. A process that always wakes late uses its last slot late anyway."""
-        for replaced in range(replacements + 1):
+        """Sleep until a reserved slot is due; the slot used (``slot``, or one of another caller's).
+
+        The callers' reserved slots are one pool: whoever is ready when one is due sends at it. Each caller
+        wakes ``standby`` before its own slot and takes the one before if that is still unused and less than
+        ``max_late`` old (its caller was not scheduled in time); a caller that finds its slot taken sends at
+        the next one. So a late wake-up loses no slot unless two in a row are late. A slot passed by more
+        than ``max_late`` is lost (a late call would come too close to the next one) and its caller reserves
+        another, up to ``replacements`` times; a process that always wakes late uses its last slot late."""
+        replaced = 0
+        wake = slot - self.standby
+        while True:
             now = self._clock()
-            if slot > now:
-                self._sleep(slot - now)
+            if wake > now:
+                self._sleep(wake - now)
                 now = self._clock()
-            if now - slot <= self.max_late or replaced == replacements:
-                break
             with self._cond:
-                self.stats.slots_expired += 1
-            slot = self.reserve(latest_start)
-        with self._cond:
-            self.stats.slots_used += 1
-        return slot
+                held = self._held
+                while held and held[0] < now - self.max_late and replaced < replacements:
+                    heapq.heappop(held)  # its moment passed unused: its caller reserves another when it wakes
+                    self.stats.slots_expired += 1
+                if held and held[0] <= now:
+                    self.stats.slots_used += 1
+                    return heapq.heappop(held)
+                if held:
+                    wake = held[0]
+                    continue
+            replaced += 1  # every reserved slot is used or lost: this caller's was one of them
+            wake = self.reserve(latest_start) - self.standby
 
     def forfeit(self, slot: float) -> None:
         """A reserved slot that will not be used (its request failed before it was sent)."""
         with self._cond:
+            if self._held:  # its own, or (taken by another caller) the last one: the pool holds one per caller
+                self._held.remove(slot if slot in self._held else max(self._held))
+                heapq.heapify(self._held)
             self.stats.slots_expired += 1
 
     def _next_slot(self, latest_start: float | None) -> float:
