@@ -211,6 +211,25 @@ def test_prepare_for_a_likely_call_books_the_first_slots_meanwhile_spanning_the_
     assert clients.update_items == 1
 
 
+def test_prepare_books_nothing_ahead_on_a_busy_timeline(clients: CountingClients, table: str) -> None:
+    import threading
+
+    clock = FakeClock()
+    busy = SlotLimiter(slots_of(clock, clients, table), min_lease=50, clock=clock, sleep=clock.sleep)
+    busy.acquire()  # another process's 50 slots: the timeline is booked for the next second
+    limiter = SlotLimiter(slots_of(clock, clients, table), min_lease=5, clock=clock, sleep=clock.sleep)
+    limiter.prepare()
+    for _ in range(500):  # the background thread's one conditional request; wait for it, not for a duration
+        if clients.update_items == 2:
+            break
+        threading.Event().wait(0.01)
+    threading.Event().wait(0.05)
+    # slots booked now, while this process's image downloads, would push the other process's next ones back
+    assert clients.update_items == 2 and limiter.stats.leases == 0 and limiter.stats.slots_leased == 0
+    limiter.acquire()  # the caller books when it is ready, after the other process's slots
+    assert limiter.stats.leases == 1 and limiter.stats.slots_expired == 0
+
+
 def test_a_missing_table_means_the_local_pace_logged_once(embedded_aws: EmbeddedAws, clients: CountingClients) -> None:
     clock = FakeClock()
     name = f"quota-later-{next(_tables)}"

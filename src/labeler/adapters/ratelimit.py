@@ -74,9 +74,14 @@ class SlotSource(Protocol):
 
 @runtime_checkable
 class PreparedSource(Protocol):
-    """A source that can get ready for its first lease ahead of it (build a client)."""
+    """A source that can get ready for its first lease ahead of it (build a client), and lease ahead of need
+    when nobody else is booking."""
 
     def prepare(self) -> None: ...
+
+    def lease_if_idle(self, count: int) -> Lease | None:
+        """``count`` slots from ``ready`` if the timeline is idle there; None (nothing booked) if it is busy."""
+        ...
 
 
 class LocalSlots:
@@ -196,11 +201,26 @@ class SlotLimiter:
             return
 
     def _book_first(self) -> None:
-        """The first lease, before any caller waits: enough slots to last until the next lease's could begin."""
+        """The first lease, before any caller waits, if the shared timeline is idle: slots that pass while the
+        image still downloads then delay nobody. On a busy timeline (other processes calling, e.g. the fan-out's
+        workers starting together) they would push everyone's next slots back: the first caller books then."""
+        assert isinstance(self.source, PreparedSource)
         with self._cond:
             if self._slots or self._leasing or self._booked_until > -math.inf:
                 return  # a caller came first and booked
-            self._book(max(self.min_lease, math.ceil(self._book_ahead() / self.source.interval) + 1))
+            # enough slots that the next lease, booked a lead before the last of them, can follow on them
+            count = max(self.min_lease, math.ceil(self._book_ahead() / self.source.interval) + 1)
+            self._leasing = True
+            self._cond.release()
+            try:
+                lease = self.source.lease_if_idle(count)
+            finally:
+                self._cond.acquire()
+                self._leasing = False
+                self._cond.notify_all()
+            if lease is not None:
+                self.stats.leases += 1
+                self._take(lease)
 
     def acquire(self, latest_start: float | None = None) -> float:
         """Wait for this caller's slot; returns the seconds waited.
@@ -303,6 +323,10 @@ class SlotLimiter:
             self._cond.acquire()
             self._leasing = False
             self._cond.notify_all()  # the waiters take the new slots, or one of them leases next
+        self._take(lease)
+
+    def _take(self, lease: Lease) -> None:
+        """Add a lease's slots to this process's (``_cond`` held)."""
         self._slots.extend(lease.slots())
         follows_ours = abs(lease.first - (self._booked_until + lease.interval)) < lease.interval / 2
         self._alone = lease.resumed or follows_ours
