@@ -246,14 +246,19 @@ class SlotLimiter:
     def wait(self, slot: float, latest_start: float | None = None, replacements: int = 2) -> float:
         """Sleep until a reserved slot is due; the slot used (``slot``, or one of another caller's).
 
-        The callers' reserved slots are one pool: whoever is ready when one is due sends at it. Each caller
-        wakes ``standby`` before its own slot and takes the one before if that is still unused and less than
-        ``max_late`` old (its caller was not scheduled in time); a caller that finds its slot taken sends at
-        the next one. So a late wake-up loses no slot unless two in a row are late. A slot passed by more
-        than ``max_late`` is lost (a late call would come too close to the next one) and its caller reserves
-        another, up to ``replacements`` times; a process that always wakes late uses its last slot late."""
+        The callers' reserved slots are one pool: whoever is ready when one is due sends at it. While the
+        process has the timeline to itself, each caller wakes ``standby`` before its own slot and takes the
+        one before if that is still unused and less than ``max_late`` old (its caller was not scheduled in
+        time); a caller that finds its slot taken sends at the next one. So a late wake-up loses no slot
+        unless two in a row are late. A slot passed by more than ``max_late`` is lost (a late call would
+        come too close to the next one) and its caller reserves another, up to ``replacements`` times; a
+        process that always wakes late uses its last slot late."""
         replaced = 0
-        wake = slot - self.standby
+        # Standing by only while this process has the timeline to itself: shared, its slots are interleaved with
+        # other processes' (the slot before its own is rarely its own), and the extra wake-ups cost CPU for
+        # nothing (a fan-out's 5 workers: ~2.4 ms more per image, 15.6 against 13.2).
+        standby = self.standby if self._alone else 0.0
+        wake = slot - standby
         while True:
             now = self._clock()
             if wake > now:
@@ -271,7 +276,7 @@ class SlotLimiter:
                     wake = held[0]
                     continue
             replaced += 1  # every reserved slot is used or lost: this caller's was one of them
-            wake = self.reserve(latest_start) - self.standby
+            wake = self.reserve(latest_start) - standby
 
     def forfeit(self, slot: float) -> None:
         """A reserved slot that will not be used (its request failed before it was sent)."""
