@@ -53,7 +53,7 @@ class GetsReady(Protocol):
     image starts downloading, so that the work overlaps the download.
     """
 
-    def prepare(self) -> None: ...
+    def prepare(self, likely: bool = True) -> None: ...
 
 
 @runtime_checkable
