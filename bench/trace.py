@@ -6,7 +6,7 @@ one the Rekognition stand-in stamps arrivals with):
 * ``calls``: every AWS API call (service, operation, thread, start, end, HTTP status), from botocore's
   ``before-call`` / ``after-call`` events on the default session (every client the product builds);
 * ``leases``: every lease the DetectLabels limiter made (asked, answered, first slot, count, resumed,
-  from the table or the fallback; ``ahead``: booked while the first image downloaded, ``SlotLimiter.prepare``);
+  from the table or the fallback);
 * ``sends``: for every DetectLabels attempt, its slot and the moment the request was let go.
 
 ``python -m bench.trace DIR`` prints a summary of every file: requests per operation, the timeline's
@@ -77,22 +77,25 @@ class Trace:
         self._record(model, context, "error")
 
     def watch_limiter(self, limiter: Any) -> None:
-        """Record the limiter's leases (those booked ahead of need too) and the moment each request is let go."""
+        """Record the limiter's leases and the moment each request is let go (wraps two methods)."""
         lease, wait = limiter._lease, limiter.wait
-        lease_if_idle = getattr(limiter.source, "lease_if_idle", None)
 
         def traced_lease(count: int) -> Any:
             asked = time.monotonic()
             fallbacks = limiter.stats.fallback_leases
             got = lease(count)
-            self._record_lease(asked, got, fallback=limiter.stats.fallback_leases > fallbacks)
-            return got
-
-        def traced_lease_if_idle(count: int) -> Any:  # the lease booked while the first image downloads
-            asked = time.monotonic()
-            got = lease_if_idle(count)
-            if got is not None:
-                self._record_lease(asked, got, fallback=False, ahead=True)
+            with self._lock:
+                self.leases.append(
+                    {
+                        "asked": asked,
+                        "answered": time.monotonic(),
+                        "first": got.first,
+                        "count": got.count,
+                        "interval": got.interval,
+                        "resumed": got.resumed,
+                        "fallback": limiter.stats.fallback_leases > fallbacks,
+                    }
+                )
             return got
 
         def traced_wait(slot: float, *args: Any, **kwargs: Any) -> float:
@@ -102,14 +105,6 @@ class Trace:
             return used
 
         limiter._lease, limiter.wait = traced_lease, traced_wait
-        if lease_if_idle is not None:
-            limiter.source.lease_if_idle = traced_lease_if_idle
-
-    def _record_lease(self, asked: float, got: Any, *, fallback: bool, ahead: bool = False) -> None:
-        lease = {"asked": asked, "answered": time.monotonic(), "first": got.first, "count": got.count}
-        lease.update(interval=got.interval, resumed=got.resumed, fallback=fallback, ahead=ahead)
-        with self._lock:
-            self.leases.append(lease)
 
     def watch_entries(self) -> None:
         """Record each entry's start, end and thread CPU (wraps ``pipeline._run_one``)."""

@@ -154,18 +154,6 @@ def test_a_slot_missed_by_a_late_wake_up_is_replaced_not_used_late() -> None:
     assert late.stats.slots_used == 2 and late.stats.slots_expired == 2
 
 
-def test_a_slot_whose_caller_wakes_late_is_taken_by_the_next_caller_and_none_is_lost() -> None:
-    clock = FakeClock()
-    limiter = SlotLimiter(LocalSlots(50, clock=clock), max_late=0.01, clock=clock, sleep=clock.sleep)
-    first, second = limiter.reserve(), limiter.reserve()  # 1000.0 and 1000.02
-    clock.now = second - limiter.standby  # the second caller wakes standing by: the first has not sent yet
-    assert limiter.wait(second) == first  # it sends at the first slot, less than max_late after it
-    assert clock.now - first < 0.01
-    clock.now = first + 0.015  # the first caller wakes too late for its slot...
-    assert limiter.wait(first) == second and clock.now == second  # ... and sends at the second one, on time
-    assert limiter.stats.slots_expired == 0 and limiter.stats.slots_used == 2
-
-
 def test_no_slot_is_taken_after_the_latest_start() -> None:
     clock = FakeClock()
     source = ScriptedSource(clock)

@@ -107,16 +107,6 @@ class TableSlots:
                 self._client = self._client_factory()
 
     def lease(self, count: int) -> Lease:
-        lease = self._lease(count, only_if_idle=False)
-        if lease is None:
-            raise RuntimeError("the quota item changed under every conditional lease")  # tat never moves back
-        return lease
-
-    def lease_if_idle(self, count: int) -> Lease | None:
-        """Resume an idle timeline at ``ready`` with ``count`` slots; None (one request, nothing booked) if busy."""
-        return self._lease(count, only_if_idle=True)
-
-    def _lease(self, count: int, *, only_if_idle: bool) -> Lease | None:
         with self._lock:
             if self._client is None:  # built on first use: a run answered from the cache never needs it
                 self._client = self._client_factory()
@@ -124,10 +114,7 @@ class TableSlots:
             span = count * self._interval_us
             ready_us = now_us + round(self.lead * 1_000_000)
             idle = self._idle_guess and ready_us > self._seen_tat_us
-            if only_if_idle:
-                steps = [self._resume]
-            else:
-                steps = [self._resume, self._extend] if idle else [self._extend, self._resume, self._extend]
+            steps = [self._resume, self._extend] if idle else [self._extend, self._resume, self._extend]
             for step in steps:
                 sent = self._clock()
                 answer = step(now_us, ready_us, span)
@@ -140,8 +127,7 @@ class TableSlots:
                     self._seen_tat_us = tat
                     first = now_mono + (tat - span - now_us) / 1_000_000
                     return Lease(first, count, self.interval, resumed=resumed)
-            self._idle_guess = False  # only_if_idle: someone else is booking
-            return None
+            raise RuntimeError("the quota item changed under every conditional lease")  # tat never moves back
 
     def _measure(self, round_trip: float) -> None:
         """The round-trip estimate: a slow answer raises it at once, fast ones lower it by 30 % each."""

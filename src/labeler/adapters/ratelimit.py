@@ -16,7 +16,6 @@ before sending (``reserve``, then ``wait``): the request then leaves at the slot
 
 from __future__ import annotations
 
-import heapq
 import math
 import threading
 import time
@@ -74,14 +73,9 @@ class SlotSource(Protocol):
 
 @runtime_checkable
 class PreparedSource(Protocol):
-    """A source that can get ready for its first lease ahead of it (build a client), and lease ahead of need
-    when nobody else is booking."""
+    """A source that can get ready for its first lease ahead of it (build a client)."""
 
     def prepare(self) -> None: ...
-
-    def lease_if_idle(self, count: int) -> Lease | None:
-        """``count`` slots from ``ready`` if the timeline is idle there; None (nothing booked) if it is busy."""
-        ...
 
 
 class LocalSlots:
@@ -164,10 +158,7 @@ class SlotLimiter:
         self._clock = clock
         self._sleep = sleep
         self._warn = warn or _log_warning
-        self._slots: deque[float] = deque()  # booked, not yet reserved
-        self._held: list[float] = []  # reserved, not yet used: a heap shared by the waiting callers
-        # Wake this long before one's own slot: then the slot before, if unused, is less than max_late old.
-        self.standby = max(0.0, source.interval - max_late / 2)
+        self._slots: deque[float] = deque()
         self._booked_until = -math.inf  # this process's last booked slot
         self._alone = True  # nobody else booked around this process's last lease (or there was none yet)
         self._waiting = 0
@@ -178,49 +169,24 @@ class SlotLimiter:
         self._warned = False
         self._prepared = False
 
-    def prepare(self, book: bool = True) -> None:
-        """Get ready for the first call in the background (once): called when a call is coming (an image
-        is being downloaded). The source builds its client; then, with ``book`` (a call is likely: the image
-        is new), the first lease is taken meanwhile, so that its round trip and lead overlap the download
-        instead of following it. That lease spans the booking lead: the next one can follow on it."""
+    def prepare(self) -> None:
+        """Get the source ready for its first lease in the background (once): called when a call is
+        coming (an image is being downloaded), so that the first lease costs one round trip, not a
+        client's construction as well."""
+        if not isinstance(self.source, PreparedSource):
+            return
         with self._cond:
             if self._prepared:
                 return
             self._prepared = True
-        if not isinstance(self.source, PreparedSource):  # local slots: nothing to build, no round trip to hide
-            return
-        threading.Thread(target=self._prepare_source, args=(book,), name="limiter-prepare", daemon=True).start()
+        threading.Thread(target=self._prepare_source, name="limiter-prepare", daemon=True).start()
 
-    def _prepare_source(self, book: bool) -> None:
+    def _prepare_source(self) -> None:
+        assert isinstance(self.source, PreparedSource)
         try:
-            assert isinstance(self.source, PreparedSource)
             self.source.prepare()
-            if book:
-                self._book_first()
         except Exception:  # the first lease tries again, and falls back if it must
             return
-
-    def _book_first(self) -> None:
-        """The first lease, before any caller waits, if the shared timeline is idle: slots that pass while the
-        image still downloads then delay nobody. On a busy timeline (other processes calling, e.g. the fan-out's
-        workers starting together) they would push everyone's next slots back: the first caller books then."""
-        assert isinstance(self.source, PreparedSource)
-        with self._cond:
-            if self._slots or self._leasing or self._booked_until > -math.inf:
-                return  # a caller came first and booked
-            # enough slots that the next lease, booked a lead before the last of them, can follow on them
-            count = max(self.min_lease, math.ceil(self._book_ahead() / self.source.interval) + 1)
-            self._leasing = True
-            self._cond.release()
-            try:
-                lease = self.source.lease_if_idle(count)
-            finally:
-                self._cond.acquire()
-                self._leasing = False
-                self._cond.notify_all()
-            if lease is not None:
-                self.stats.leases += 1
-                self._take(lease)
 
     def acquire(self, latest_start: float | None = None) -> float:
         """Wait for this caller's slot; returns the seconds waited.
@@ -237,53 +203,31 @@ class SlotLimiter:
         with self._cond:
             self._waiting += 1
             try:
-                slot = self._next_slot(latest_start)
+                return self._next_slot(latest_start)
             finally:
                 self._waiting -= 1
-            heapq.heappush(self._held, slot)
-            return slot
 
     def wait(self, slot: float, latest_start: float | None = None, replacements: int = 2) -> float:
-        """Sleep until a reserved slot is due; the slot used (``slot``, or one of another caller's).
-
-        The callers' reserved slots are one pool: whoever is ready when one is due sends at it. While the
-        process has the timeline to itself, each caller wakes ``standby`` before its own slot and takes the
-        one before if that is still unused and less than ``max_late`` old (its caller was not scheduled in
-        time); a caller that finds its slot taken sends at the next one. So a late wake-up loses no slot
-        unless two in a row are late. A slot passed by more than ``max_late`` is lost (a late call would
-        come too close to the next one) and its caller reserves another, up to ``replacements`` times; a
-        process that always wakes late uses its last slot late."""
-        replaced = 0
-        # Standing by only while this process has the timeline to itself: shared, its slots are interleaved with
-        # other processes' (the slot before its own is rarely its own), and the extra wake-ups cost CPU for
-        # nothing (a fan-out's 5 workers: ~2.4 ms more per image, 15.6 against 13.2).
-        standby = self.standby if self._alone else 0.0
-        wake = slot - standby
-        while True:
+        """Sleep until ``slot``; the slot used. One missed by more than ``max_late`` (the process was
+        not scheduled in time) is replaced, up to ``replacements`` times: a late call would come too
+        close to the next one. A process that always wakes late uses its last slot late anyway."""
+        for replaced in range(replacements + 1):
             now = self._clock()
-            if wake > now:
-                self._sleep(wake - now)
+            if slot > now:
+                self._sleep(slot - now)
                 now = self._clock()
+            if now - slot <= self.max_late or replaced == replacements:
+                break
             with self._cond:
-                held = self._held
-                while held and held[0] < now - self.max_late and replaced < replacements:
-                    heapq.heappop(held)  # its moment passed unused: its caller reserves another when it wakes
-                    self.stats.slots_expired += 1
-                if held and held[0] <= now:
-                    self.stats.slots_used += 1
-                    return heapq.heappop(held)
-                if held:
-                    wake = held[0]
-                    continue
-            replaced += 1  # every reserved slot is used or lost: this caller's was one of them
-            wake = self.reserve(latest_start) - standby
+                self.stats.slots_expired += 1
+            slot = self.reserve(latest_start)
+        with self._cond:
+            self.stats.slots_used += 1
+        return slot
 
     def forfeit(self, slot: float) -> None:
         """A reserved slot that will not be used (its request failed before it was sent)."""
         with self._cond:
-            if self._held:  # its own, or (taken by another caller) the last one: the pool holds one per caller
-                self._held.remove(slot if slot in self._held else max(self._held))
-                heapq.heapify(self._held)
             self.stats.slots_expired += 1
 
     def _next_slot(self, latest_start: float | None) -> float:
@@ -315,9 +259,9 @@ class SlotLimiter:
         lead = getattr(self.source, "lead", 0.0)
         return max(self.book_ahead, lead + self.source.interval)
 
-    def _book(self, at_least: int = 0) -> None:
+    def _book(self) -> None:
         """Lease slots for the waiting callers (``_cond`` held on entry and exit, released meanwhile)."""
-        count = min(self.max_lease, max(self._waiting, at_least))
+        count = min(self.max_lease, self._waiting)
         if self._alone:
             count = max(count, self.min_lease)
         self._leasing = True
@@ -328,10 +272,6 @@ class SlotLimiter:
             self._cond.acquire()
             self._leasing = False
             self._cond.notify_all()  # the waiters take the new slots, or one of them leases next
-        self._take(lease)
-
-    def _take(self, lease: Lease) -> None:
-        """Add a lease's slots to this process's (``_cond`` held)."""
         self._slots.extend(lease.slots())
         follows_ours = abs(lease.first - (self._booked_until + lease.interval)) < lease.interval / 2
         self._alone = lease.resumed or follows_ours

@@ -53,7 +53,7 @@ class GetsReady(Protocol):
     image starts downloading, so that the work overlaps the download.
     """
 
-    def prepare(self, likely: bool = True) -> None: ...
+    def prepare(self) -> None: ...
 
 
 @runtime_checkable

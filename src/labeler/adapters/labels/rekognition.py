@@ -112,11 +112,10 @@ class RekognitionBackend:
         # The label model version Rekognition last answered with; the label cache checks it.
         self.model_version: str | None = None
 
-    def prepare(self, likely: bool = True) -> None:
-        """A call may come: get the limiter ready for it in the background, and book its first slots when the
-        call is ``likely`` (see ``SlotLimiter.prepare``)."""
+    def prepare(self) -> None:
+        """A call is coming: get the limiter ready for it in the background (see ``SlotLimiter.prepare``)."""
         if self._limiter is not None:
-            self._limiter.prepare(book=likely)
+            self._limiter.prepare()
 
     def detect_labels(
         self, image: bytes, *, min_confidence: float, max_labels: int, deadline: float | None = None
