@@ -311,8 +311,9 @@ class _NeedMemory(Exception):
         self.amount = amount
 
 
-class _BodyMemory:
-    """The budget reservation for one fetch's body, kept across the attempts of that fetch."""
+class BodyMemory:
+    """The budget reservation for one fetch's body, kept across the attempts of that fetch (also the whole-object
+    read of an ``s3://`` entry: :mod:`labeler.logic.s3_entries`)."""
 
     def __init__(self, budget: MemoryBudget) -> None:
         self.budget = budget
@@ -408,7 +409,7 @@ class ImageFetcher:
             if validators.last_modified:
                 headers["If-Modified-Since"] = validators.last_modified
         target = self._parse(url)
-        memory = _BodyMemory(self.memory)
+        memory = BodyMemory(self.memory)
         attempt_seconds = seconds
         try:
             while True:
@@ -433,7 +434,7 @@ class ImageFetcher:
         return outcome
 
     def _fetch_within(
-        self, target: Target, headers: dict[str, str], conditional: bool, seconds: float, memory: _BodyMemory
+        self, target: Target, headers: dict[str, str], conditional: bool, seconds: float, memory: BodyMemory
     ) -> FetchedImage | NotModified:
         """One attempt at the whole chain under one deadline, watched by the watchdog."""
         deadline = _Deadline(seconds)
@@ -447,7 +448,7 @@ class ImageFetcher:
             _local.guard = previous
 
     def _fetch_all(
-        self, target: Target, headers: dict[str, str], conditional: bool, deadline: _Deadline, memory: _BodyMemory
+        self, target: Target, headers: dict[str, str], conditional: bool, deadline: _Deadline, memory: BodyMemory
     ) -> FetchedImage | NotModified:
         visited = [target.url]
         while True:
@@ -493,7 +494,7 @@ class ImageFetcher:
         return target
 
     def _fetch_hop(
-        self, target: Target, headers: dict[str, str], conditional: bool, deadline: _Deadline, memory: _BodyMemory
+        self, target: Target, headers: dict[str, str], conditional: bool, deadline: _Deadline, memory: BodyMemory
     ) -> FetchedImage | NotModified | str:
         """The answer of one URL: an image, a 304, or the ``Location`` of a redirect (a string)."""
         addresses = self._addresses(target, deadline)
@@ -625,7 +626,7 @@ class ImageFetcher:
         return pool
 
     # --- bodies --------------------------------------------------------------------------------------------
-    def _read_body(self, response: urllib3.BaseHTTPResponse, deadline: _Deadline, memory: _BodyMemory) -> bytes:
+    def _read_body(self, response: urllib3.BaseHTTPResponse, deadline: _Deadline, memory: BodyMemory) -> bytes:
         limit = self.policy.max_bytes
         declared = _content_length(response)
         if declared is not None and declared > limit:

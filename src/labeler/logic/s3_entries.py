@@ -31,16 +31,13 @@ S3Object route), and ``source`` names the object: ``{"bucket", "key", "version_i
 from __future__ import annotations
 
 import time
-import weakref
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import replace
-from math import inf
 from typing import Any
 
-from labeler.adapters.fetch import FetchedImage
+from labeler.adapters.fetch import BodyMemory, FetchedImage
 from labeler.adapters.image_header import ImageHeader, read_header
 from labeler.adapters.labels.base import DetectsS3Objects
-from labeler.adapters.memory import MemoryWaitTimeout, Reservation, process_budget
 from labeler.adapters.s3_source import SourceObject
 from labeler.logic.cache import CachedLabels
 from labeler.logic.pipeline import Deadline, EntryOutcome, Services, _label_fresh, _success, _Timings
@@ -52,7 +49,7 @@ from labeler.logic.s3_sources import (
     s3_object_route,
     source_identity,
 )
-from labeler.models.errors import EmptyBody, LabelingFailed, OutOfTime, SourceUnreadable
+from labeler.models.errors import EmptyBody, LabelingFailed, SourceUnreadable
 from labeler.models.records import ManifestEntry, ResultRecord
 from labeler.observability import logger
 
@@ -166,28 +163,22 @@ def _read_whole(
     The object's bytes are then labeled as a download's are (prepare_image, the content cache, the bytes call);
     no validators: the URL memo is for HTTP, an S3 object is cached by its version or ETag.
     """
-    memory: Reservation | None = None
     if seen.complete:  # the first read (at most 128 KiB) is all of it
-        data = seen.start
-    else:
-        assert services.sources is not None  # the first read came from it
-        left = deadline.seconds_left()
-        try:  # the size is known from the first read: wait for that much before reading any of it
-            memory = process_budget().hold_body(min(seen.size, max_bytes), timeout=None if left == inf else left)
-        except MemoryWaitTimeout:
-            raise OutOfTime("the invocation's deadline came while the S3 read waited for image memory") from None
-        try:
-            data = services.sources.read_object(ref, seen, max_bytes=max_bytes)
-        except BaseException:
-            memory.release()
-            raise
-        memory.shrink_to(len(data))
-    fetched = FetchedImage(
-        body=data, final_url=ref.url, status=200, content_type=None, etag=None, last_modified=None, memory=memory
+        return FetchedImage(
+            body=seen.start, final_url=ref.url, status=200, content_type=None, etag=None, last_modified=None
+        )
+    assert services.sources is not None  # the first read came from it
+    memory = BodyMemory(services.fetcher.memory)
+    # the size is known from the first read: wait for that much before reading any of it
+    memory.wait_for(min(seen.size, max_bytes), deadline.work_ends)
+    try:
+        data = services.sources.read_object(ref, seen, max_bytes=max_bytes)
+    except BaseException:
+        memory.release()
+        raise
+    return memory.keep(
+        FetchedImage(body=data, final_url=ref.url, status=200, content_type=None, etag=None, last_modified=None)
     )
-    if memory is not None:
-        weakref.finalize(fetched, memory.release)
-    return fetched
 
 
 def _label_in_place(
