@@ -471,7 +471,7 @@ def test_env_vars_are_settings_fields_or_powertools(template: dict[str, Any], fu
 
 
 def test_parameter_defaults_agree_with_settings_defaults(template: dict[str, Any]) -> None:
-    """A deploy with default parameters behaves as the README's settings table says."""
+    """A deploy with default parameters behaves as the Settings defaults (documented in docs/reference.md) say."""
     checked = 0
     for name, value in function_env(template, "ManifestFunction").items():
         if name not in SETTINGS_FIELDS or not (isinstance(value, dict) and "Ref" in value):
