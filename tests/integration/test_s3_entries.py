@@ -640,3 +640,20 @@ def test_a_re_check_of_s3_objects_labels_only_the_replaced_one(
     assert result_versions(buckets) == written + Counter({"dog": 1})
     report = buckets.read_json(report_key(ManifestRef(buckets.input, "watch/in-s3.json")))
     assert (report["recheck"]["unchanged"], report["recheck"]["changed_ids"]) == (1, ["dog"])
+
+
+def test_a_re_check_of_pinned_versions_writes_nothing(
+    buckets: Buckets, versioned: str, embedded_aws: EmbeddedAws, fake_rekognition: FakeRekognition
+) -> None:
+    from tests.integration.test_rechecks import result_versions, run_tick, versioned_output
+
+    versioned_output(buckets)
+    version = put(embedded_aws, versioned, "cat.jpg", images.jpeg())["VersionId"]
+    manifest = [{"url": f"s3://{versioned}/cat.jpg", "versionId": version, "id": "cat"}]
+    assert run(buckets, "watch/pinned.json", manifest)["succeeded"] == 1
+    calls, written = fake_rekognition.state.successful_calls, result_versions(buckets)
+
+    run_tick(buckets)  # the version is the same content for ever: the cached answer, nothing written
+    assert fake_rekognition.state.successful_calls == calls and result_versions(buckets) == written
+    report = buckets.read_json(report_key(ManifestRef(buckets.input, "watch/pinned.json")))
+    assert (report["recheck"]["unchanged"], report["recheck"]["changed"]) == (1, 0)

@@ -56,7 +56,7 @@ from labeler.logic.report import (
     utc_now,
 )
 from labeler.logic.run_index import IndexWriteFailed, PartIndex
-from labeler.logic.s3_sources import is_s3_url
+from labeler.logic.s3_sources import S3ObjectRef, is_s3_url, source_identity
 from labeler.models.errors import (
     DownloadTimeout,
     HttpStatusError,
@@ -815,17 +815,23 @@ def _content_sha256(record: dict[str, Any] | ResultRecord) -> str | None:
     return str(found) if found else None
 
 
-def _content_identity(record: dict[str, Any] | ResultRecord) -> tuple[str, ...] | None:
+def _content_identity(record: dict[str, Any] | ResultRecord) -> str | None:
     """What a record was labeled from: its bytes' SHA-256, or for an ``s3://`` object labeled without reading
-    it (``Image.S3Object``: no hash) the object's version and ETag; ``None`` when the record does not say."""
+    it (``Image.S3Object``, or its cached answer: no hash) the label cache's identity of the object, its version
+    or else its ETag (:func:`~labeler.logic.s3_sources.source_identity`); ``None`` when the record does not say."""
     sha256 = _content_sha256(record)
     if sha256 is not None:
-        return ("sha256", sha256)
+        return f"sha256:{sha256}"
     document = record.metadata if isinstance(record, ResultRecord) else record
     source = document.get("source") if isinstance(document.get("source"), dict) else {}
-    if source.get("bucket") and (source.get("version_id") or source.get("etag")):
-        return ("s3", *(str(source.get(name) or "") for name in ("bucket", "key", "version_id", "etag")))
-    return None
+    if not (source.get("bucket") and source.get("key")):
+        return None
+    try:
+        return source_identity(
+            S3ObjectRef(str(source["bucket"]), str(source["key"]), source.get("version_id")), etag=source.get("etag")
+        )
+    except ValueError:  # neither a version nor an ETag
+        return None
 
 
 def _same_content(was: dict[str, Any], record: ResultRecord) -> bool:
