@@ -37,6 +37,7 @@ def crash_env(state_table: str, monkeypatch: pytest.MonkeyPatch) -> str:
         "DOWNLOAD_TIMEOUT_SECONDS": "60",  # the held downloads wait for the kill, not for a timeout
         "MAX_WORKERS": "2",
         "BATCH_SIZE": "25",
+        "WORKER_MAX_CONCURRENCY": "1",  # one worker: the manifest's entries travel in one batch (no ramp-up)
     }.items():
         monkeypatch.setenv(name, value)
     reset_services()

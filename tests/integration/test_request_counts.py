@@ -134,9 +134,15 @@ class ReadyCounting:
         self.backend = backend
         self.name = backend.name
         self.prepared = 0
+        self.likely = 0
+        self.released = 0
 
-    def prepare(self) -> None:
+    def prepare(self, likely: bool = True) -> None:
         self.prepared += 1
+        self.likely += likely
+
+    def release(self) -> None:
+        self.released += 1
 
     def detect_labels(self, image: bytes, **options: Any) -> Any:
         return self.backend.detect_labels(image, **options)
@@ -150,6 +156,8 @@ def test_the_label_backend_gets_ready_as_downloads_start_not_for_entries_found_d
     event = buckets.put_manifest("ready.json", manifest_of(site, N))
     manifest_created.handler(event, FakeLambdaContext())
     assert backend.prepared == N  # once per download (the limiter acts on the first: see SlotLimiter.prepare)
+    assert backend.likely == N  # new URLs: no memo, no 304 can spare the call
+    assert backend.released == N  # each entry's announced call is settled, whatever happened to it
     manifest_created.handler(event, FakeLambdaContext())  # the same run again: every entry is found done
     assert backend.prepared == N
 

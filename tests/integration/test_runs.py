@@ -75,6 +75,34 @@ def test_the_split_stops_at_its_deadline_and_the_retry_sends_only_what_is_missin
     assert report["batches"] == {"count": 10, "done": 10}
 
 
+def test_the_first_batches_ramp_up_and_a_retried_split_after_a_redeploy_cuts_as_the_first_did(
+    buckets: Buckets, site: Site, fanout_env: tuple[QueueInfo, QueueInfo], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    queue, _ = fanout_env
+    sqs = buckets.aws.client("sqs")
+    monkeypatch.setenv("BATCH_SIZE", "10")
+    monkeypatch.setenv("WORKER_MAX_CONCURRENCY", "5")
+    reset_services()
+    event = buckets.put_manifest("ramp.json", manifest_of(site, 60))
+    monkeypatch.setattr(manifest_created, "Deadline", _DeadlineAfter(checks=3))
+    with pytest.raises(DeadlineReached):
+        manifest_created.handler(event, FakeLambdaContext())
+
+    monkeypatch.setenv("BATCH_SIZE", "4")  # a redeploy between the split and its retry
+    reset_services()
+    monkeypatch.setattr(manifest_created, "Deadline", Deadline)
+    manifest_created.handler(event, FakeLambdaContext())
+
+    bodies = sorted(queued_bodies(sqs, queue), key=lambda body: body["batch_index"])
+    # the workers' first batches end ~1 s apart (docs/scale.md, "Staggered first batches"), then 10 each
+    assert [len(body["entries"]) for body in bodies] == [2, 4, 6, 8, 10, 10, 10, 10]
+    indexes = [entry["index"] for body in bodies for entry in body["entries"]]
+    assert indexes == list(range(60))  # every entry sent once: the retry kept the first split's cut
+    drain(sqs, queue, work_batch.handler, FakeLambdaContext())
+    report = buckets.report()
+    assert (report["status"], report["succeeded"], report["batches"]) == ("complete", 60, {"count": 8, "done": 8})
+
+
 def test_the_split_writes_no_records_rejected_entries_travel_in_the_batches(
     buckets: Buckets, site: Site, fanout_env: tuple[QueueInfo, QueueInfo]
 ) -> None:

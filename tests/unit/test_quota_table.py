@@ -179,8 +179,8 @@ def test_prepare_builds_the_table_client_once_in_the_background_and_the_first_le
 
     clock = FakeClock()
     limiter = SlotLimiter(slots_of(clock, recorded_clients, table), clock=clock, sleep=clock.sleep)
-    limiter.prepare()
-    limiter.prepare()  # idempotent: one client, one thread
+    limiter.prepare(book=False)
+    limiter.prepare(book=False)  # idempotent: one client, one thread
     for _ in range(500):  # the background thread builds it (a few ms); wait for it, not for a duration
         if built:
             break
@@ -188,6 +188,46 @@ def test_prepare_builds_the_table_client_once_in_the_background_and_the_first_le
     limiter.acquire()
     assert built == ["limiter-prepare"]  # built once, off the caller's thread
     assert clients.update_items == 1  # preparing costs no request
+
+
+def test_prepare_for_a_likely_call_books_the_first_slots_meanwhile_spanning_the_booking_lead(
+    clients: CountingClients, table: str
+) -> None:
+    import threading
+
+    clock = FakeClock()
+    slots = slots_of(clock, clients, table)
+    limiter = SlotLimiter(slots, min_lease=5, clock=clock, sleep=clock.sleep)
+    limiter.prepare()
+    for _ in range(500):  # the background thread leases (one request); wait for it, not for a duration
+        if limiter.stats.leases:
+            break
+        threading.Event().wait(0.01)
+    assert clients.update_items == 1 and limiter.stats.leases == 1
+    # enough slots that the next lease, booked a lead before the last of them, can follow on them
+    lead_ahead = max(limiter.book_ahead, slots.lead + slots.interval)
+    assert limiter.stats.slots_leased * slots.interval > lead_ahead
+    limiter.acquire()  # the caller's slot was booked while it got ready: no request of its own
+    assert clients.update_items == 1
+
+
+def test_prepare_books_nothing_ahead_on_a_busy_timeline(clients: CountingClients, table: str) -> None:
+    import threading
+
+    clock = FakeClock()
+    busy = SlotLimiter(slots_of(clock, clients, table), min_lease=50, clock=clock, sleep=clock.sleep)
+    busy.acquire()  # another process's 50 slots: the timeline is booked for the next second
+    limiter = SlotLimiter(slots_of(clock, clients, table), min_lease=5, clock=clock, sleep=clock.sleep)
+    limiter.prepare()
+    for _ in range(500):  # the background thread's one conditional request; wait for it, not for a duration
+        if clients.update_items == 2:
+            break
+        threading.Event().wait(0.01)
+    threading.Event().wait(0.05)
+    # slots booked now, while this process's image downloads, would push the other process's next ones back
+    assert clients.update_items == 2 and limiter.stats.leases == 0 and limiter.stats.slots_leased == 0
+    limiter.acquire()  # the caller books when it is ready, after the other process's slots
+    assert limiter.stats.leases == 1 and limiter.stats.slots_expired == 0
 
 
 def test_a_missing_table_means_the_local_pace_logged_once(embedded_aws: EmbeddedAws, clients: CountingClients) -> None:

@@ -233,3 +233,35 @@ def test_the_next_lease_is_booked_a_lead_ahead_so_that_its_slots_follow_on() -> 
     first, second = source.leases
     # booked while the first lease still had more than a lead to run: no slot between the two passes unused
     assert second.first == pytest.approx(first.last + source.interval)
+
+
+def test_a_lease_counts_the_callers_whose_images_are_downloading_and_each_once() -> None:
+    clock = FakeClock()
+    source = ScriptedSource(clock, interval=0.02)
+    limiter = SlotLimiter(source, min_lease=1, clock=clock, sleep=clock.sleep)
+    downloading = [threading.Thread(target=limiter.expect) for _ in range(9)]
+    for thread in downloading:
+        thread.start()
+        thread.join()
+    limiter.expect()
+    limiter.expect()  # twice from one thread: one caller to come
+    limiter.acquire()  # this thread was expected: it is waiting now, and counted once
+    assert source.counts == [10]  # its slot and one for each of the nine threads still downloading
+
+
+def test_an_announced_call_that_does_not_come_is_expected_no_more() -> None:
+    clock = FakeClock()
+    source = ScriptedSource(clock, interval=0.02)
+    limiter = SlotLimiter(source, min_lease=1, clock=clock, sleep=clock.sleep)
+
+    def cached_answer() -> None:  # announced while downloading; the content cache answered: no call
+        limiter.expect()
+        limiter.unexpect()
+        limiter.unexpect()  # settled twice: counted down once
+
+    for _ in range(5):
+        thread = threading.Thread(target=cached_answer)
+        thread.start()
+        thread.join()
+    limiter.acquire()
+    assert source.counts == [1]

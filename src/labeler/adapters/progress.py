@@ -4,9 +4,9 @@ Items (key ``id``), all expiring by the table's TTL attribute ``expiration``:
 
 * ``run#<run key>``: the run's counters (``batches_done``, the tally, ``err_<code>``), the split's
   ``cursor`` (batches sent so far) and ``batch_count`` and ``plan`` (once every batch is sent),
-  ``options`` (the run's options, kept by its first split), ``label_calls_taken`` (its DetectLabels
-  cap's count, :mod:`labeler.adapters.budget_table`), and ``finished`` (set once, after the final
-  report is stored: the run's end hook is called once).
+  ``options`` and ``batching`` (the run's options and batch sizes, kept by its first split),
+  ``label_calls_taken`` (its DetectLabels cap's count, :mod:`labeler.adapters.budget_table`), and
+  ``finished`` (set once, after the final report is stored: the run's end hook is called once).
 * ``run#<run key>#batch#<n>``: written once when batch ``n`` is counted.
 * ``run#<run key>#batch#<n>#failure``: why the last failed delivery of batch ``n`` failed (the
   delivery that gives up on the batch names it; a killed delivery leaves none).
@@ -123,18 +123,29 @@ class ProgressTable:
             raise
         return True
 
-    def keep_options(self, run_key: str, options: dict[str, Any]) -> dict[str, Any]:
-        """The run's options: ``options`` if none are kept yet (a first split), else the ones kept then."""
+    def keep_options(
+        self, run_key: str, options: dict[str, Any], batching: dict[str, Any]
+    ) -> tuple[dict[str, Any], dict[str, Any]]:
+        """The run's options and how its entries are cut into batches: the given ones if none are kept yet (a first
+        split), else the ones kept then. A retried split cuts exactly as the first one did, whatever the stack's
+        settings say now: its cursor counts batches, so a different cut would skip entries."""
         response = self.client.update_item(
             TableName=self.table,
             Key=self._run_id(run_key),
-            UpdateExpression="SET #options = if_not_exists(#options, :options), expiration = :expiration",
-            ExpressionAttributeNames={"#options": "options"},
-            ExpressionAttributeValues={":options": {"S": json.dumps(options)}, ":expiration": _expiration()},
-            ReturnValues="ALL_NEW",  # the kept value, whether this call set it or found it
+            UpdateExpression=(
+                "SET #options = if_not_exists(#options, :options), #batching = if_not_exists(#batching, :batching), "
+                "expiration = :expiration"
+            ),
+            ExpressionAttributeNames={"#options": "options", "#batching": "batching"},
+            ExpressionAttributeValues={
+                ":options": {"S": json.dumps(options)},
+                ":batching": {"S": json.dumps(batching)},
+                ":expiration": _expiration(),
+            },
+            ReturnValues="ALL_NEW",  # the kept values, whether this call set them or found them
         )
-        kept: dict[str, Any] = json.loads(response["Attributes"]["options"]["S"])
-        return kept
+        attributes = response["Attributes"]
+        return json.loads(attributes["options"]["S"]), json.loads(attributes["batching"]["S"])
 
     def save_cursor(self, run_key: str, cursor: int) -> None:
         """Remember that batches ``0 … cursor-1`` are sent (never moves back)."""

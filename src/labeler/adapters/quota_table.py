@@ -107,6 +107,16 @@ class TableSlots:
                 self._client = self._client_factory()
 
     def lease(self, count: int) -> Lease:
+        lease = self._lease(count, only_if_idle=False)
+        if lease is None:
+            raise RuntimeError("the quota item changed under every conditional lease")  # tat never moves back
+        return lease
+
+    def lease_if_idle(self, count: int) -> Lease | None:
+        """Resume an idle timeline at ``ready`` with ``count`` slots; None (one request, nothing booked) if busy."""
+        return self._lease(count, only_if_idle=True)
+
+    def _lease(self, count: int, *, only_if_idle: bool) -> Lease | None:
         with self._lock:
             if self._client is None:  # built on first use: a run answered from the cache never needs it
                 self._client = self._client_factory()
@@ -114,7 +124,10 @@ class TableSlots:
             span = count * self._interval_us
             ready_us = now_us + round(self.lead * 1_000_000)
             idle = self._idle_guess and ready_us > self._seen_tat_us
-            steps = [self._resume, self._extend] if idle else [self._extend, self._resume, self._extend]
+            if only_if_idle:
+                steps = [self._resume]
+            else:
+                steps = [self._resume, self._extend] if idle else [self._extend, self._resume, self._extend]
             for step in steps:
                 sent = self._clock()
                 answer = step(now_us, ready_us, span)
@@ -127,7 +140,8 @@ class TableSlots:
                     self._seen_tat_us = tat
                     first = now_mono + (tat - span - now_us) / 1_000_000
                     return Lease(first, count, self.interval, resumed=resumed)
-            raise RuntimeError("the quota item changed under every conditional lease")  # tat never moves back
+            self._idle_guess = False  # only_if_idle: someone else is booking
+            return None
 
     def _measure(self, round_trip: float) -> None:
         """The round-trip estimate: a slow answer raises it at once, fast ones lower it by 30 % each."""
@@ -187,11 +201,11 @@ def build_limiter(quota_tps: float, table_name: str = "", concurrent_invocations
     within the quota. Without a table (local runs, tests): this process alone, at the full quota.
 
     It also shortens the interpreter lock's switch interval to ``GIL_SWITCH_INTERVAL`` (never lengthens
-    it): a thread must send within 10 ms of its slot (``SlotLimiter.max_late``), and at the quota an
-    invocation's threads keep the interpreter busy (~20 ms of Python per image, mostly botocore), so at
-    CPython's 5 ms a woken thread waited its turn past that in 45-49 % of wake-ups, and the slot was
-    lost; at 1 ms in 13-19 % (measured: 26 threads keeping one interpreter busy; 90th percentile 11-13 ms
-    against 31-33 ms: scripts/measure_slot_wakeups.py), for no measurable CPU.
+    it): a thread must send within 15 ms of its slot (``SlotLimiter.max_late``; it was 10 ms when this was
+    measured), and at the quota an invocation's threads keep the interpreter busy (~20 ms of Python per
+    image, mostly botocore), so at CPython's 5 ms a woken thread waited its turn past 10 ms in 45-49 % of
+    wake-ups, and the slot was lost; at 1 ms in 13-19 % (measured: 26 threads keeping one interpreter busy;
+    90th percentile 11-13 ms against 31-33 ms: scripts/measure_slot_wakeups.py), for no measurable CPU.
     """
     if sys.getswitchinterval() > GIL_SWITCH_INTERVAL:
         sys.setswitchinterval(GIL_SWITCH_INTERVAL)

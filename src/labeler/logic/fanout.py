@@ -46,6 +46,7 @@ from labeler.logic.run_index import PartIndex
 from labeler.models.errors import BatchFailed, LabelerError, ManifestError
 from labeler.models.label_options import LabelOptions
 from labeler.models.records import EntryItem, ManifestEntry, ManifestRef, RejectedEntry
+from labeler.models.settings import Settings
 from labeler.observability import logger
 
 
@@ -121,6 +122,43 @@ class WorkBatch:
             raise MalformedWorkBatch(f"not a work batch: {exc!r}") from exc
 
 
+@dataclass(frozen=True)
+class Batching:
+    """How a run's entries are cut into work batches: ``size`` entries each, except the first ``staggered``.
+
+    Those ramp up, batch ``i`` holding ``size × (i + 1) / staggered`` entries (rounded up), so that the
+    workers that take them first end their batches at different moments. The shared quota serves every
+    worker at the same pace, so batches of one size started together all end together, and each worker
+    spends ~0.6-0.9 s between its last DetectLabels call and its next batch's first (the batch's last
+    writes, the next invocation's start, its first downloads): with every worker in that gap at once the
+    quota went unused for that long at every batch boundary. Staggered, while one worker is between
+    batches the others, whose threads are waiting for slots, take its share. ``staggered`` is the
+    workers' concurrency (``WORKER_MAX_CONCURRENCY``): one ramp step per worker.
+    """
+
+    size: int
+    staggered: int = 0
+
+    @classmethod
+    def of(cls, settings: Settings) -> Batching:
+        # Below two entries per step the ramp's steps would be equal: not worth the extra messages.
+        staggered = settings.worker_max_concurrency if settings.batch_size >= 2 * settings.worker_max_concurrency else 0
+        return cls(settings.batch_size, staggered if staggered > 1 else 0)
+
+    def size_of(self, batch_index: int) -> int:
+        """How many entries batch ``batch_index`` holds (the manifest's last batch may hold fewer)."""
+        if batch_index < self.staggered:
+            return -(-self.size * (batch_index + 1) // self.staggered)
+        return self.size
+
+    def to_dict(self) -> dict[str, int]:
+        return {"size": self.size, "staggered": self.staggered}
+
+    @classmethod
+    def from_dict(cls, kept: dict[str, Any]) -> Batching:
+        return cls(int(kept["size"]), int(kept.get("staggered", 0)))
+
+
 @dataclass
 class FanOut:
     services: Services
@@ -146,11 +184,20 @@ class FanOut:
         when the deadline comes first (the retry resumes).
         """
         key = run_key(manifest)
-        options = LabelOptions.from_message(self.progress.keep_options(key, options.to_message()))
+        kept_options, kept_batching = self.progress.keep_options(
+            key, options.to_message(), Batching.of(self.services.settings).to_dict()
+        )
+        options, batching = LabelOptions.from_message(kept_options), Batching.from_dict(kept_batching)
         state = self.progress.read(key)
         if state.batch_count is None:  # not every batch was sent yet (a first split, or a retried one)
             batch_count, error = self._send_batches(
-                manifest, chain(head, entries), state.cursor, deadline, options, unseen_keys and state.cursor == 0
+                manifest,
+                chain(head, entries),
+                state.cursor,
+                deadline,
+                options,
+                batching,
+                unseen_keys and state.cursor == 0,
             )
             self.progress.set_plan(key, batch_count, {"error": error.to_dict() if error else None})
             logger.info("manifest fanned out", extra={"batches": batch_count, "resumed_at": state.cursor})
@@ -171,10 +218,10 @@ class FanOut:
         cursor: int,
         deadline: Deadline,
         options: LabelOptions,
+        batching: Batching,
         unseen_keys: bool = False,
     ) -> tuple[int, ManifestError | None]:
         """Send batches ``cursor``… of ``items``; (how many batches the run has, the manifest's own error)."""
-        size = self.services.settings.batch_size
         key = run_key(manifest)
         found: dict[str, Any] = {"count": 0, "error": None, "stopped": False}
 
@@ -190,7 +237,7 @@ class FanOut:
             try:
                 for item in items:
                     pending.append(item)
-                    if len(pending) < size:
+                    if len(pending) < batching.size_of(found["count"]):
                         continue
                     if deadline.expired():  # checked between batches: what is sent stays sent
                         found["stopped"] = True

@@ -603,9 +603,20 @@ def _label(
     services: Services, entry: ManifestEntry, memo: UrlMemo | None, timings: _Timings, deadline: Deadline
 ) -> tuple[ResultRecord, EntryOutcome]:
     """Fetch, check and label one entry: its record and outcome. Raises the entry's LabelerError or OutOfTime."""
-    # A label call may follow the download: overlap its set-up (the limiter's client, the run's first block of calls).
-    if isinstance(services.backend, GetsReady):
-        services.backend.prepare()
+    # A label call may follow the download: overlap its set-up (the limiter's client and first slots, the run's first
+    # block of calls). Without a URL memo the download is unconditional and a call likely (no 304 can answer it).
+    if not isinstance(services.backend, GetsReady):
+        return _label_now(services, entry, memo, timings, deadline)
+    services.backend.prepare(likely=memo is None)
+    try:
+        return _label_now(services, entry, memo, timings, deadline)
+    finally:
+        services.backend.release()
+
+
+def _label_now(
+    services: Services, entry: ManifestEntry, memo: UrlMemo | None, timings: _Timings, deadline: Deadline
+) -> tuple[ResultRecord, EntryOutcome]:
     if services.labeling is not None and services.labeling.budget is not None:
         services.labeling.budget.prepare()
     if is_s3_url(entry.url):  # an object in S3: read from there (or by Rekognition itself), never over HTTP

@@ -50,10 +50,15 @@ class GetsReady(Protocol):
     """A backend that can get ready for a call ahead of it (``RekognitionBackend``: the limiter's client).
 
     ``prepare()`` returns at once and may be called any number of times; the pipeline calls it when an
-    image starts downloading, so that the work overlaps the download.
+    image starts downloading, so that the work overlaps the download, and ``release()`` from the same
+    thread when that entry is done.
     """
 
-    def prepare(self) -> None: ...
+    def prepare(self, likely: bool = True) -> None: ...
+
+    def release(self) -> None:
+        """The entry this thread called :meth:`prepare` for is done (called whatever happened to it)."""
+        ...
 
 
 @runtime_checkable

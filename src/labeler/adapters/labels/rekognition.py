@@ -112,10 +112,18 @@ class RekognitionBackend:
         # The label model version Rekognition last answered with; the label cache checks it.
         self.model_version: str | None = None
 
-    def prepare(self) -> None:
-        """A call is coming: get the limiter ready for it in the background (see ``SlotLimiter.prepare``)."""
+    def prepare(self, likely: bool = True) -> None:
+        """A call may come: get the limiter ready for it in the background, and, when the call is ``likely``, book
+        its first slots and count this thread as a caller to come (``SlotLimiter.prepare`` and ``expect``)."""
         if self._limiter is not None:
-            self._limiter.prepare()
+            self._limiter.prepare(book=likely)
+            if likely:
+                self._limiter.expect()
+
+    def release(self) -> None:
+        """The entry this thread prepared for is done: a call it announced and did not make is expected no more."""
+        if self._limiter is not None:
+            self._limiter.unexpect()
 
     def detect_labels(
         self, image: bytes, *, min_confidence: float, max_labels: int, deadline: float | None = None
