@@ -103,6 +103,40 @@ def test_the_first_batches_ramp_up_and_a_retried_split_after_a_redeploy_cuts_as_
     assert (report["status"], report["succeeded"], report["batches"]) == ("complete", 60, {"count": 8, "done": 8})
 
 
+def test_a_run_split_before_cuts_were_kept_is_resumed_with_its_uniform_cut(
+    buckets: Buckets, site: Site, fanout_env: tuple[QueueInfo, QueueInfo], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from labeler.logic.keys import run_key
+
+    queue, _ = fanout_env
+    sqs = buckets.aws.client("sqs")
+    monkeypatch.setenv("BATCH_SIZE", "10")
+    monkeypatch.setenv("WORKER_MAX_CONCURRENCY", "1")  # cut as the code before kept cuts did: 10 each
+    reset_services()
+    event = buckets.put_manifest("legacy.json", manifest_of(site, 60))
+    monkeypatch.setattr(manifest_created, "Deadline", _DeadlineAfter(checks=3))
+    with pytest.raises(DeadlineReached):
+        manifest_created.handler(event, FakeLambdaContext())
+    progress = get_services().progress
+    assert progress is not None
+    key = run_key(manifest_created.manifest_ref(event["Records"][0]))
+    progress.client.update_item(  # the progress item as that code left it: options, no cut
+        TableName=progress.table,
+        Key=progress._run_id(key),
+        UpdateExpression="REMOVE batching",
+        ConditionExpression="attribute_exists(batching)",
+    )
+
+    monkeypatch.setenv("WORKER_MAX_CONCURRENCY", "5")  # the upgraded stack would ramp a new run's batches up
+    reset_services()
+    monkeypatch.setattr(manifest_created, "Deadline", Deadline)
+    manifest_created.handler(event, FakeLambdaContext())
+
+    bodies = sorted(queued_bodies(sqs, queue), key=lambda body: body["batch_index"])
+    assert [len(body["entries"]) for body in bodies] == [10] * 6
+    assert [entry["index"] for body in bodies for entry in body["entries"]] == list(range(60))
+
+
 def test_the_split_writes_no_records_rejected_entries_travel_in_the_batches(
     buckets: Buckets, site: Site, fanout_env: tuple[QueueInfo, QueueInfo]
 ) -> None:

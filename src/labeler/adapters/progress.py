@@ -128,21 +128,36 @@ class ProgressTable:
     ) -> tuple[dict[str, Any], dict[str, Any]]:
         """The run's options and how its entries are cut into batches: the given ones if none are kept yet (a first
         split), else the ones kept then. A retried split cuts exactly as the first one did, whatever the stack's
-        settings say now: its cursor counts batches, so a different cut would skip entries."""
+        settings say now: its cursor counts batches, so a different cut would skip or repeat entries.
+
+        A run whose first split kept options but no cut (it ran before cuts were kept) cut every batch at
+        ``batching["size"]`` with no ramp: that is the cut kept for it.
+        """
+        names = {"#options": "options", "#batching": "batching"}
+        try:
+            self.client.update_item(
+                TableName=self.table,
+                Key=self._run_id(run_key),
+                UpdateExpression="SET #options = :options, #batching = :batching, expiration = :expiration",
+                ConditionExpression="attribute_not_exists(#options)",
+                ExpressionAttributeNames=names,
+                ExpressionAttributeValues={
+                    ":options": {"S": json.dumps(options)},
+                    ":batching": {"S": json.dumps(batching)},
+                    ":expiration": _expiration(),
+                },
+            )
+            return options, batching  # the run's first split: what it proposed is kept
+        except self.client.exceptions.ConditionalCheckFailedException:
+            pass
+        uniform = {"size": int(batching["size"]), "staggered": 0}
         response = self.client.update_item(
             TableName=self.table,
             Key=self._run_id(run_key),
-            UpdateExpression=(
-                "SET #options = if_not_exists(#options, :options), #batching = if_not_exists(#batching, :batching), "
-                "expiration = :expiration"
-            ),
-            ExpressionAttributeNames={"#options": "options", "#batching": "batching"},
-            ExpressionAttributeValues={
-                ":options": {"S": json.dumps(options)},
-                ":batching": {"S": json.dumps(batching)},
-                ":expiration": _expiration(),
-            },
-            ReturnValues="ALL_NEW",  # the kept values, whether this call set them or found them
+            UpdateExpression="SET #batching = if_not_exists(#batching, :uniform), expiration = :expiration",
+            ExpressionAttributeNames={"#batching": "batching"},
+            ExpressionAttributeValues={":uniform": {"S": json.dumps(uniform)}, ":expiration": _expiration()},
+            ReturnValues="ALL_NEW",  # the kept values
         )
         attributes = response["Attributes"]
         return json.loads(attributes["options"]["S"]), json.loads(attributes["batching"]["S"])
