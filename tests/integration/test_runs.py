@@ -75,22 +75,31 @@ def test_the_split_stops_at_its_deadline_and_the_retry_sends_only_what_is_missin
     assert report["batches"] == {"count": 10, "done": 10}
 
 
+def _split_stopped_after_three_batches(
+    buckets: Buckets, site: Site, monkeypatch: pytest.MonkeyPatch, name: str, workers: int
+) -> dict[str, Any]:
+    """A 60-entry manifest split at BATCH_SIZE 10 for ``workers`` workers, stopped by its deadline after three
+    batches; its S3 event (the retry's), with the handler's deadline back to the real one."""
+    monkeypatch.setenv("BATCH_SIZE", "10")
+    monkeypatch.setenv("WORKER_MAX_CONCURRENCY", str(workers))
+    reset_services()
+    event = buckets.put_manifest(name, manifest_of(site, 60))
+    monkeypatch.setattr(manifest_created, "Deadline", _DeadlineAfter(checks=3))
+    with pytest.raises(DeadlineReached):
+        manifest_created.handler(event, FakeLambdaContext())
+    monkeypatch.setattr(manifest_created, "Deadline", Deadline)
+    return event
+
+
 def test_the_first_batches_ramp_up_and_a_retried_split_after_a_redeploy_cuts_as_the_first_did(
     buckets: Buckets, site: Site, fanout_env: tuple[QueueInfo, QueueInfo], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     queue, _ = fanout_env
     sqs = buckets.aws.client("sqs")
-    monkeypatch.setenv("BATCH_SIZE", "10")
-    monkeypatch.setenv("WORKER_MAX_CONCURRENCY", "5")
-    reset_services()
-    event = buckets.put_manifest("ramp.json", manifest_of(site, 60))
-    monkeypatch.setattr(manifest_created, "Deadline", _DeadlineAfter(checks=3))
-    with pytest.raises(DeadlineReached):
-        manifest_created.handler(event, FakeLambdaContext())
+    event = _split_stopped_after_three_batches(buckets, site, monkeypatch, "ramp.json", workers=5)
 
     monkeypatch.setenv("BATCH_SIZE", "4")  # a redeploy between the split and its retry
     reset_services()
-    monkeypatch.setattr(manifest_created, "Deadline", Deadline)
     manifest_created.handler(event, FakeLambdaContext())
 
     bodies = sorted(queued_bodies(sqs, queue), key=lambda body: body["batch_index"])
@@ -110,13 +119,8 @@ def test_a_run_split_before_cuts_were_kept_is_resumed_with_its_uniform_cut(
 
     queue, _ = fanout_env
     sqs = buckets.aws.client("sqs")
-    monkeypatch.setenv("BATCH_SIZE", "10")
-    monkeypatch.setenv("WORKER_MAX_CONCURRENCY", "1")  # cut as the code before kept cuts did: 10 each
-    reset_services()
-    event = buckets.put_manifest("legacy.json", manifest_of(site, 60))
-    monkeypatch.setattr(manifest_created, "Deadline", _DeadlineAfter(checks=3))
-    with pytest.raises(DeadlineReached):
-        manifest_created.handler(event, FakeLambdaContext())
+    # one worker: cut as the code before kept cuts did, 10 each
+    event = _split_stopped_after_three_batches(buckets, site, monkeypatch, "legacy.json", workers=1)
     progress = get_services().progress
     assert progress is not None
     key = run_key(manifest_created.manifest_ref(event["Records"][0]))
@@ -129,7 +133,6 @@ def test_a_run_split_before_cuts_were_kept_is_resumed_with_its_uniform_cut(
 
     monkeypatch.setenv("WORKER_MAX_CONCURRENCY", "5")  # the upgraded stack would ramp a new run's batches up
     reset_services()
-    monkeypatch.setattr(manifest_created, "Deadline", Deadline)
     manifest_created.handler(event, FakeLambdaContext())
 
     bodies = sorted(queued_bodies(sqs, queue), key=lambda body: body["batch_index"])
