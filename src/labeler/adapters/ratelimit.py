@@ -22,7 +22,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Protocol, runtime_checkable
+from typing import Protocol, TypeVar, runtime_checkable
 
 from labeler.models.errors import OutOfTime
 
@@ -30,6 +30,7 @@ from labeler.models.errors import OutOfTime
 # of jitter between a call and the one a quota later (at exactly 1/quota, every late call pushes
 # the next-second's call over the quota: about one call in two under a sliding window).
 JITTER_HEADROOM = 0.02
+_Leased = TypeVar("_Leased")  # what a lease request gives: a Lease, or None when it may book nothing
 
 
 # How late after its slot a call may still leave. Slots are 1.02/quota apart, so a quota of calls spans 1.02 s:
@@ -215,14 +216,7 @@ class SlotLimiter:
                 return  # a caller came first and booked
             # enough slots that the next lease, booked a lead before the last of them, can follow on them
             count = max(self.min_lease, math.ceil(self._book_ahead() / self.source.interval) + 1)
-            self._leasing = True
-            self._cond.release()
-            try:
-                lease = self.source.lease_if_idle(count)
-            finally:
-                self._cond.acquire()
-                self._leasing = False
-                self._cond.notify_all()
+            lease = self._while_leasing(lambda: self.source.lease_if_idle(count))
             if lease is not None:
                 self.stats.leases += 1
                 self._take(lease)
@@ -251,15 +245,18 @@ class SlotLimiter:
         """This thread's announced call will not come (a cached answer, an error, or it was made): stop counting it."""
         if getattr(self._expecting, "on", False):
             with self._cond:
-                self._expecting.on = False
-                self._expected -= 1
+                self._expected_no_more()
+
+    def _expected_no_more(self) -> None:
+        """This thread stops counting as a caller to come, if it did (``_cond`` held)."""
+        if getattr(self._expecting, "on", False):
+            self._expecting.on = False
+            self._expected -= 1
 
     def reserve(self, latest_start: float | None = None) -> float:
         """Take this caller's slot without waiting for it; its ``time.monotonic()`` instant."""
         with self._cond:
-            if getattr(self._expecting, "on", False):  # expected no more: waiting now
-                self._expecting.on = False
-                self._expected -= 1
+            self._expected_no_more()  # waiting now
             self._waiting += 1
             try:
                 return self._next_slot(latest_start)
@@ -318,20 +315,24 @@ class SlotLimiter:
         lead = getattr(self.source, "lead", 0.0)
         return max(self.book_ahead, lead + self.source.interval)
 
-    def _book(self, at_least: int = 0) -> None:
+    def _book(self) -> None:
         """Lease slots for the waiting and expected callers (``_cond`` held on entry and exit, released meanwhile)."""
-        count = min(self.max_lease, max(self._waiting + self._expected, at_least))
+        count = min(self.max_lease, self._waiting + self._expected)
         if self._alone:
             count = max(count, self.min_lease)
+        self._take(self._while_leasing(lambda: self._lease(count)))
+
+    def _while_leasing(self, lease: Callable[[], _Leased]) -> _Leased:
+        """Run ``lease`` as this process's one leasing thread, with ``_cond`` released meanwhile (held on entry and
+        exit): callers arriving meanwhile gather instead of leasing too."""
         self._leasing = True
         self._cond.release()
         try:
-            lease = self._lease(count)
+            return lease()
         finally:
             self._cond.acquire()
             self._leasing = False
             self._cond.notify_all()  # the waiters take the new slots, or one of them leases next
-        self._take(lease)
 
     def _take(self, lease: Lease) -> None:
         """Add a lease's slots to this process's (``_cond`` held)."""

@@ -141,9 +141,9 @@ class Batching:
 
     @classmethod
     def of(cls, settings: Settings) -> Batching:
-        # Below two entries per step the ramp's steps would be equal: not worth the extra messages.
-        staggered = settings.worker_max_concurrency if settings.batch_size >= 2 * settings.worker_max_concurrency else 0
-        return cls(settings.batch_size, staggered if staggered > 1 else 0)
+        # One worker has nobody to stagger against; below two entries per step the steps would be equal.
+        workers = settings.worker_max_concurrency
+        return cls(settings.batch_size, workers if workers > 1 and 2 * workers <= settings.batch_size else 0)
 
     def size_of(self, batch_index: int) -> int:
         """How many entries batch ``batch_index`` holds (the manifest's last batch may hold fewer)."""
