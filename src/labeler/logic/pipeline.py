@@ -667,10 +667,14 @@ def label_entry(
     except LabelerError as exc:
         return record_error(services, manifest, entry, exc, head=head, timings=timings)
     except Exception as exc:  # a bug on one image must not lose the others
-        logger.exception("unexpected failure on one entry", extra={"image_id": entry.image_id})
-        error = InternalError(f"unexpected {type(exc).__name__}: {exc}"[:500])
-        return record_error(services, manifest, entry, error, head=head, timings=timings)
+        return record_error(services, manifest, entry, _unexpected(entry, exc), head=head, timings=timings)
     return _store_record(services, manifest, entry, record, outcome, head=head, timings=timings)
+
+
+def _unexpected(entry: ManifestEntry, exc: Exception) -> InternalError:
+    """A bug met on one entry, logged with its traceback, as the entry's error (``internal_error``)."""
+    logger.exception("unexpected failure on one entry", extra={"image_id": entry.image_id})
+    return InternalError(f"unexpected {type(exc).__name__}: {exc}"[:500])
 
 
 # --- re-check runs (docs/recheck.md) ----------------------------------------------------------------
@@ -723,8 +727,7 @@ def recheck_entry(
     except LabelerError as exc:  # the new bytes cannot be labeled (not an image now, the cap...): the old labels stay
         return _kept(entry, exc)
     except Exception as exc:  # a bug on one image must not lose the others (nor this one's labels)
-        logger.exception("unexpected failure on one entry", extra={"image_id": entry.image_id})
-        return _kept(entry, InternalError(f"unexpected {type(exc).__name__}: {exc}"[:500]))
+        return _kept(entry, _unexpected(entry, exc))
     outcome.download_ms, outcome.recheck, outcome.image_id = download_ms, RECHECK_CHANGED, entry.image_id
     return _store_record(services, manifest, entry, record, outcome, head=stored.head, timings=timings)
 
@@ -762,9 +765,7 @@ def _relabel(
     except LabelerError as exc:
         return _failed_again(services, manifest, entry, exc, stored, timings)
     except Exception as exc:  # a bug on one image must not lose the others
-        logger.exception("unexpected failure on one entry", extra={"image_id": entry.image_id})
-        error = InternalError(f"unexpected {type(exc).__name__}: {exc}"[:500])
-        return _failed_again(services, manifest, entry, error, stored, timings)
+        return _failed_again(services, manifest, entry, _unexpected(entry, exc), stored, timings)
     was = stored.document if stored is not None and stored.head.metadata.get("status") == "ok" else None
     if was is not None and not isinstance(was.get("gone"), dict) and _same_content(was, record):
         outcome.recheck = RECHECK_UNCHANGED  # other sources (no conditional GET): the same content, nothing written
